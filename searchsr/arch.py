@@ -1,0 +1,226 @@
+"""One network of the paper's family as a frozen config, and ``build_model(cfg)``.
+
+Layout (Wang et al., "Efficient Super-Resolution Using MobileNetV3", Sec. 3.2),
+for LR input x with 3 channels, width nf, N, expansion e (paper: 2), SE ratio 4:
+
+    f  = Block(3 -> nf, expanded e*nf, no SE)                       # first block
+    y  = Block(nf -> nf, expanded e*nf, SE) x N  (f)  + f            # long skip
+    t  = 1x1 conv (nf -> nf/2, bias)(y)                              # tail width
+    t  = [1x1 conv (c -> 4c, bias) -> PixelShuffle(2) -> NL -> 3x3 dw (bias)] x 2
+    out= 1x1 conv (c -> 3, bias)(NL(1x1 conv (c -> c, bias)(3x3 dw (bias)(t))))
+    out= out + bicubic_x4(x)                                         # MATLAB cubic, a = -0.5
+
+Block = 1x1 expand -> BN -> NL -> 3x3 dw -> BN -> NL -> [SE] -> 1x1 project -> BN
+(+ identity when widths match); block convs are bias-free, SE = bias-free 1x1 convs
+2nf -> nf/2 -> 2nf with hard-sigmoid gate, as in MobileNetV3.
+
+How the paper's numbers pin this down (Table 2 = 7 (nf, N) points; Table 4 ablations):
+
+* Per block. (nf, 16) minus (nf, 8) over 8 blocks gives 1,984 / 7,040 / 26,368
+  parameters per block at nf = 16 / 32 / 64; the quadratic through them is exactly
+  6 nf^2 + 28 nf: expand 2nf^2 + project 2nf^2 + SE 2nf^2 (2 * 2nf * nf/2, no bias)
+  + depthwise 18nf + BN 2*(2nf + 2nf + nf) = 10nf, and no conv or SE biases.
+  Activations differ by exactly 5nf per LR pixel per block (expand, dw, project).
+* BN. Removing BN costs XLITE exactly 1.44K = 9 blocks * 10nf (nf = 16): every one
+  of the N + 1 blocks, the first included, has BN(2nf), BN(2nf), BN(nf) and nothing
+  else in the network has BN, so the first block also expands to 2nf (not 2 * 3).
+  Its FLOP deltas (-1.6G LITE, -0.18G XLITE) are 4 FLOPs per BN output element.
+* SE. Removing SE costs 4.1K (XLITE) = 8 * 2nf^2 and 165.9K (LITE) = 16 * 2nf^2:
+  SE sits in N of the N + 1 blocks, not in the first (3-channel input) block.
+* Tail. After subtracting N blocks and the first block (2nf^2 + 34nf: 1x1 3 -> 2nf,
+  dw, project, BN), the remainder of Table 2 is 2.75 nf^2 + 21.5 nf + 3 parameters;
+  the non-block activations are 36.5 nf LR-pixel equivalents + 3 HR channels and the
+  non-block FLOPs have 2 * 9.5 nf^2 per LR pixel. Conv weights at LR, 2x and HR
+  resolutions (p_LR + p_2x + p_HR = 2.75, p_LR + 4 p_2x + 16 p_HR = 9.5) together
+  with the activation budget leave (up to the order of equivalent layers) one
+  layout: a 1x1 reduction nf -> nf/2 (0.5 nf^2), 1x1 c -> 4c before each pixel
+  shuffle (nf^2 at LR, nf^2 at 2x), a 3x3 depthwise after each shuffle, and the
+  post-processing depthwise-separable conv + 1x1 on nf/2 channels at HR
+  (0.25 nf^2). Biases on all tail convs give the linear term 21.5 nf + 3.
+  This reproduces all 7 parameter counts of Table 2 to the printed precision and
+  Table 4's BN and SE deltas exactly (tests/test_arch.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from searchsr.blocks import ACTIVATIONS, BicubicUpsample, MBConvSR, UpsampleStage, make_act, upsample_factors
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """One member of the family; field names are a public contract (CLI ``--set``, JSON, YAML)."""
+
+    nf: int = 16
+    n_blocks: int = 8
+    scale: int = 4
+    expansion: float = 2.0
+    kernel_size: int = 3
+    se: bool = True
+    se_ratio: int = 4
+    bn: bool = True
+    act: str = "leakyrelu"
+    bicubic_skip: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+            if isinstance(value, bool) and f.type != "bool" or not isinstance(value, kind):
+                raise ValueError(f"{f.name} must be {f.type}, got {value!r}")
+        if isinstance(self.expansion, int):  # 2 and 2.0 are one architecture: one JSON form
+            object.__setattr__(self, "expansion", float(self.expansion))
+        checks = {
+            "nf": self.nf >= 4 and self.nf % 2 == 0,
+            "n_blocks": self.n_blocks >= 1,
+            "expansion": 1.0 <= self.expansion <= 8.0,
+            "kernel_size": self.kernel_size in (3, 5, 7),
+            "se_ratio": self.se_ratio >= 1 and self.expanded // self.se_ratio >= 1,
+            "act": self.act in ACTIVATIONS,
+        }
+        rules = {
+            "nf": "an even integer >= 4",
+            "n_blocks": "an integer >= 1",
+            "expansion": "between 1 and 8",
+            "kernel_size": "3, 5 or 7",
+            "se_ratio": "an integer >= 1 leaving at least one SE channel",
+            "act": f"one of {', '.join(ACTIVATIONS)}",
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name} must be {rules[name]}, got {getattr(self, name)!r}")
+        upsample_factors(self.scale)
+
+    @property
+    def expanded(self) -> int:
+        """Width inside a block (the paper: 2 * nf)."""
+        return max(1, round(self.expansion * self.nf))
+
+    @property
+    def tail(self) -> int:
+        """Width of the upsampler and post-processing (derived: nf / 2)."""
+        return self.nf // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
+        """Build from a plain mapping; unknown keys are an error, not silently ignored."""
+        if not isinstance(data, dict):
+            raise ValueError(f"architecture must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown architecture field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchConfig:
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ArchConfig:
+        return cls.from_dict(yaml.safe_load(text))
+
+    def replace(self, **changes: Any) -> ArchConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, ArchConfig] = {
+    "lite": ArchConfig(nf=72, n_blocks=16),  # SAM_SR_LITE
+    "xlite": ArchConfig(nf=16, n_blocks=8),  # SAM_SR_XLITE
+}
+
+
+def parse_value(field_name: str, text: str) -> Any:
+    """Parse a ``--set key=value`` string into the field's type (booleans as true/false)."""
+    types = {f.name: f.type for f in fields(ArchConfig)}
+    if field_name not in types:
+        raise ValueError(f"unknown architecture field {field_name!r} (known: {', '.join(types)})")
+    kind = types[field_name]
+    try:
+        if kind == "bool":
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return {"int": int, "float": float, "str": str}[kind](text)
+    except ValueError:
+        raise ValueError(f"{field_name} must be {kind}, got {text!r}") from None
+
+
+def apply_overrides(cfg: ArchConfig, pairs: list[str]) -> ArchConfig:
+    """Apply ``key=value`` overrides to a config."""
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        changes[key.strip()] = parse_value(key.strip(), value.strip())
+    return cfg.replace(**changes)
+
+
+class MobileSR(nn.Module):
+    """The family's network; see the module docstring for the layout and its derivation."""
+
+    def __init__(self, cfg: ArchConfig) -> None:
+        super().__init__()
+        squeeze = cfg.expanded // cfg.se_ratio if cfg.se else None
+        block = dict(expanded=cfg.expanded, kernel_size=cfg.kernel_size, bn=cfg.bn, act=cfg.act)
+        self.head = MBConvSR(3, cfg.nf, squeeze=None, **block)
+        self.body = nn.Sequential(*(MBConvSR(cfg.nf, cfg.nf, squeeze=squeeze, **block)
+                                    for _ in range(cfg.n_blocks)))
+        c = cfg.tail
+        self.reduce = nn.Conv2d(cfg.nf, c, 1)
+        self.upsample = nn.Sequential(*(UpsampleStage(c, f, cfg.act) for f in upsample_factors(cfg.scale)))
+        self.post_dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.post_pw = nn.Conv2d(c, c, 1)
+        self.post_act = make_act(cfg.act)
+        self.to_rgb = nn.Conv2d(c, 3, 1)
+        self.skip = BicubicUpsample(cfg.scale) if cfg.bicubic_skip else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.head(x)
+        y = self.body(f) + f
+        y = self.upsample(self.reduce(y))
+        y = self.to_rgb(self.post_act(self.post_pw(self.post_dw(y))))
+        return y + self.skip(x) if self.skip is not None else y
+
+
+def build_model(cfg: ArchConfig) -> MobileSR:
+    """Pure function: a freshly initialised network for ``cfg``."""
+    return MobileSR(cfg)
+
+
+def load_arch(spec: str) -> ArchConfig:
+    """A preset name (lite, xlite) or a YAML/JSON file holding the config (optionally under ``arch:``)."""
+    if spec in PRESETS:
+        return PRESETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"unknown architecture {spec!r}: not a preset ({', '.join(PRESETS)}) or an existing file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{spec}: not valid YAML/JSON ({str(err).splitlines()[0]})") from None
+    if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+        data = data["arch"]
+    try:
+        return ArchConfig.from_dict(data)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{spec}: {err}") from None
