@@ -1,0 +1,417 @@
+"""Search spaces (YAML) -> typed params, Optuna sampling, objectives and constraints.
+
+A space file names ArchConfig fields and how to search each one::
+
+    params:
+      nf: {int: [16, 72], step: 8}              # integer range; step defaults to 1; log: true
+      expansion: {float: [1.0, 4.0], step: 0.5} # float range; step or log: true (not both)
+      kernel_size: {choices: [3, 5]}            # categorical
+      se_ratio: {choices: [2, 4, 8], when: {se: true}}   # conditional
+      scale: 4                                  # a bare value (or {fixed: 4}) is fixed
+    constraints:                                # optional; Optuna's constraints mechanism
+      - latency_ms <= 200                       # <metric> <= | >= <number>, metric in METRICS
+
+Fields not listed keep ArchConfig's default. ``when: {other: value, ...}`` makes a param
+exist only while every named param (a choices or fixed param declared *above* it, so there
+are no cycles) has that value; otherwise the trial does not suggest it and ArchConfig's
+default is used (also by conditions further down), which keeps inactive knobs out of the
+sampler's history. The file is checked completely on load: every error is a one-line
+ValueError naming the file and the key, so a bad space is rejected before a study is touched.
+
+Enqueueing a known network (``study.enqueue_trial(to_params(space, cfg))``): Optuna 5.0
+returns an enqueued int/float value as is, with a UserWarning, even when it lies outside
+the range or off the step grid, so LITE/XLITE can be enqueued into any space whose
+categoricals and fixed values admit them; samplers still draw new trials inside the range.
+An enqueued categorical value that is not a choice fails the trial at ``suggest_categorical``,
+so ``to_params`` rejects it (and any other value the space cannot reproduce) up front.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from searchsr.arch import ArchConfig
+
+Scalar = bool | int | float | str
+SCALARS = (bool, int, float, str)
+Condition = tuple[tuple[str, Scalar], ...]  # ((param, required value), ...): hashable, ordered
+
+DEFAULTS: dict[str, Any] = ArchConfig().to_dict()
+
+# Names a trial records (user attributes) and constraints may use.
+METRICS = ("psnr", "ssim", "latency_ms", "latency_ratio", "flops", "params", "activations", "memory")
+
+# objective name -> (Optuna direction, metric / user-attribute key)
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "psnr": ("maximize", "psnr"),
+    "ssim": ("maximize", "ssim"),
+    "latency": ("minimize", "latency_ms"),
+    "flops": ("minimize", "flops"),
+    "params": ("minimize", "params"),
+    "activations": ("minimize", "activations"),
+    "memory": ("minimize", "memory"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that keeps True apart from 1 (Python does not, ArchConfig does)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _check_range(low: Any, high: Any, step: Any, log: Any, integer: bool) -> None:
+    """Optuna's rules for a distribution, as load-time errors rather than its runtime warnings."""
+    for name, value in (("low", low), ("high", high), ("step", step)):
+        if value is None and name == "step":
+            continue
+        if isinstance(value, bool) or not (isinstance(value, int) if integer else
+                                           _is_number(value) and math.isfinite(value)):
+            hint = " (YAML 1.1 reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) else ""
+            raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}{hint}")
+    if not isinstance(log, bool):
+        raise ValueError(f"log must be true or false, got {log!r}")
+    if low > high:
+        raise ValueError(f"inverted range: low {low} > high {high}")
+    if step is not None and step <= 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    if step is not None and abs((high - low) / step - round((high - low) / step)) > 1e-9:
+        raise ValueError(f"high - low must be a multiple of step {step}, got [{low}, {high}]")
+    if log and (low <= 0 or step != (1 if integer else None)):
+        raise ValueError(f"log needs low > 0 and {'step 1' if integer else 'no step'}, got low {low}, step {step}")
+
+
+def _edges(low: float, high: float, step: float | None) -> tuple[Any, ...]:
+    """Bounds and their grid neighbours: enough to expose ArchConfig's range and parity rules."""
+    points = [low, high] if step is None else [low, low + step, high - step, high]
+    return tuple(dict.fromkeys(p for p in points if low <= p <= high))
+
+
+@dataclass(frozen=True)
+class Int:
+    """Integer range, inclusive (``trial.suggest_int``)."""
+
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+    when: Condition = ()
+
+    def __post_init__(self) -> None:
+        _check_range(self.low, self.high, self.step, self.log, integer=True)
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def probes(self) -> tuple[Any, ...]:
+        return _edges(self.low, self.high, self.step)
+
+
+@dataclass(frozen=True)
+class Float:
+    """Float range, inclusive, on a ``step`` grid or a ``log`` scale (``trial.suggest_float``)."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    when: Condition = ()
+
+    def __post_init__(self) -> None:
+        _check_range(self.low, self.high, self.step, self.log, integer=False)
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def probes(self) -> tuple[Any, ...]:
+        return _edges(float(self.low), float(self.high), self.step)
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """Unordered choices (``trial.suggest_categorical``)."""
+
+    choices: tuple[Scalar, ...]
+    when: Condition = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.choices, tuple) or not self.choices:
+            raise ValueError(f"choices must be a non-empty list, got {self.choices!r}")
+        for choice in self.choices:
+            if not isinstance(choice, SCALARS):
+                raise ValueError(f"choices must be numbers, strings or booleans, got {choice!r}")
+        if len({(type(c), c) for c in self.choices}) != len(self.choices):
+            raise ValueError(f"duplicate choice in {list(self.choices)}")
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def probes(self) -> tuple[Any, ...]:
+        return self.choices
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """One value, never suggested, so it stays out of ``trial.params``."""
+
+    value: Scalar
+    when: Condition = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, SCALARS):
+            raise ValueError(f"a fixed value must be a number, string or boolean, got {self.value!r}")
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
+        return self.value
+
+    def probes(self) -> tuple[Any, ...]:
+        return (self.value,)
+
+
+Param = Int | Float | Categorical | Fixed
+
+
+def _corners(param: Param) -> tuple[Any, ...]:
+    """Extremes of a numeric param, every value of another: where ArchConfig's cross-field rules bite."""
+    values = param.probes()
+    return (min(values), max(values)) if all(_is_number(v) for v in values) else values
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric <= bound`` or ``metric >= bound``; parsed from the space file or the CLI."""
+
+    metric: str  # one of METRICS
+    op: str  # "<=" | ">="
+    bound: float
+
+    @classmethod
+    def parse(cls, text: Any) -> Constraint:
+        number = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+        match = re.fullmatch(rf"\s*(\w+)\s*(<=|>=)\s*({number})\s*", text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"expected '<metric> <= <number>' or '<metric> >= <number>', got {text!r}")
+        metric, op, bound = match.groups()
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
+        return cls(metric, op, float(bound))
+
+    def value(self, metrics: Mapping[str, float]) -> float:
+        """Optuna's convention: <= 0 is feasible, and the size says by how much it is violated."""
+        if self.metric not in metrics:
+            raise ValueError(f"constraint {self} needs metric {self.metric!r}, have {sorted(metrics)}")
+        excess = float(metrics[self.metric]) - self.bound
+        return excess if self.op == "<=" else -excess
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+def constraint_values(constraints: Sequence[Constraint], metrics: Mapping[str, float]) -> list[float]:
+    """For a sampler's ``constraints_func`` (deprecated in Optuna 5.0, removed in 7.0)."""
+    return [c.value(metrics) for c in constraints]
+
+
+def set_constraints(trial: optuna.trial.BaseTrial, constraints: Sequence[Constraint],
+                    metrics: Mapping[str, float]) -> None:
+    """Optuna 5.0's way: samplers and ``study.best_trials`` read ``trial.constraints``; call before ``tell``."""
+    for constraint in constraints:
+        trial.set_constraint(str(constraint), constraint.value(metrics))
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: str  # "maximize" | "minimize"
+    key: str  # metric / user-attribute key that holds the value
+
+
+def parse_objectives(text: str) -> tuple[Objective, ...]:
+    """``"psnr,latency"`` -> objectives in that order (the order of Optuna's values)."""
+    names = [n.strip() for n in text.split(",")]
+    for name in names:
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {name!r} (choose from {', '.join(OBJECTIVES)})")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"objective {duplicates[0]!r} given twice")
+    return tuple(Objective(n, *OBJECTIVES[n]) for n in names)
+
+
+def _assign(params: Mapping[str, Param], pick: Callable[[str, Param], Any]) -> dict[str, Any]:
+    """Values of the active params in declaration order; ``pick`` chooses each one."""
+    values: dict[str, Any] = {}
+    for name, param in params.items():
+        if all(_same(values.get(k, DEFAULTS[k]), v) for k, v in param.when):
+            values[name] = pick(name, param)
+    return values
+
+
+def _build(values: dict[str, Any], key: str | None = None) -> None:
+    """Raise ``params.<field>: ...`` if ArchConfig rejects these values."""
+    try:
+        ArchConfig.from_dict(values)
+    except ValueError as error:
+        field = key or str(error).split()[0]
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        raise ValueError(f"params.{field}: rejected by the architecture ({shown}): {error}") from None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated space: building one checks conditions and every reachable value."""
+
+    params: dict[str, Param]
+    constraints: tuple[Constraint, ...] = ()
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        declared: dict[str, Param] = {}
+        for name, param in self.params.items():
+            if name not in DEFAULTS:
+                raise ValueError(f"params.{name}: not an ArchConfig field (known: {', '.join(DEFAULTS)})")
+            for other, value in param.when:
+                if not isinstance(declared.get(other), (Categorical, Fixed)):
+                    raise ValueError(f"params.{name}.when.{other}: not a choices/fixed param declared above {name!r}")
+                if not any(_same(value, v) for v in declared[other].probes()):
+                    raise ValueError(f"params.{name}.when.{other}: {value!r} is not a value {other!r} can take")
+            declared[name] = param
+        # Each value alone (others at defaults, its condition met), then every corner of all
+        # ranges together, which catches interactions such as se_ratio vs nf * expansion.
+        for name, param in self.params.items():
+            for value in param.probes():
+                _build({**dict(param.when), name: value}, key=name)
+        for corner in itertools.product(*(_corners(p) for p in self.params.values())):
+            chosen = dict(zip(self.params, corner))
+            _build(_assign(self.params, lambda n, _p: chosen[n]))
+
+
+_SPEC_KEYS = {"int": {"step", "log"}, "float": {"step", "log"}, "choices": set(), "fixed": set()}
+
+
+def _parse_param(spec: Any) -> Param:
+    """One ``params`` entry: a bare scalar (fixed) or a mapping with exactly one kind key."""
+    if not isinstance(spec, dict):
+        if isinstance(spec, list):
+            raise ValueError(f"a bare list is ambiguous, write {{choices: {spec}}}")
+        return Fixed(spec)
+    kinds = [k for k in _SPEC_KEYS if k in spec]
+    if len(kinds) != 1:
+        raise ValueError(f"needs exactly one of {', '.join(_SPEC_KEYS)}, got {sorted(spec)}")
+    kind = kinds[0]
+    allowed = {kind, "when"} | _SPEC_KEYS[kind]
+    unknown = [k for k in spec if k not in allowed]
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} for {kind} (allowed: {', '.join(sorted(allowed))})")
+    when = spec.get("when", {})
+    if not isinstance(when, dict) or not all(isinstance(v, SCALARS) for v in when.values()):
+        raise ValueError(f"when must be a mapping {{param: value, ...}} of scalars, got {when!r}")
+    options: dict[str, Any] = {k: spec[k] for k in _SPEC_KEYS[kind] if k in spec}
+    options["when"] = tuple(when.items())
+    value = spec[kind]
+    if kind in ("int", "float"):
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError(f"{kind} must be [low, high], got {value!r}")
+        return (Int if kind == "int" else Float)(*value, **options)
+    if kind == "choices":
+        if not isinstance(value, list):
+            raise ValueError(f"choices must be a non-empty list, got {value!r}")
+        return Categorical(tuple(value), **options)
+    return Fixed(value, **options)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read: {error.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"{where}invalid YAML: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"invalid YAML: {error}") from None
+
+
+def _parse_space(data: Any, source: str) -> SearchSpace:
+    if not isinstance(data, dict):
+        raise ValueError(f"top level: must be a mapping with 'params' and optional 'constraints', got {data!r}")
+    unknown = [k for k in data if k not in ("params", "constraints")]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown top-level key (allowed: params, constraints)")
+    raw_params = data.get("params")
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise ValueError(f"params: must be a non-empty mapping of ArchConfig fields, got {raw_params!r}")
+    params: dict[str, Param] = {}
+    for name, spec in raw_params.items():
+        try:
+            params[name] = _parse_param(spec)
+        except ValueError as error:
+            raise ValueError(f"params.{name}: {error}") from None
+    raw_constraints = data.get("constraints") or []
+    if not isinstance(raw_constraints, list):
+        raise ValueError(f"constraints: must be a list of strings like 'latency_ms <= 40', got {raw_constraints!r}")
+    constraints = []
+    for i, text in enumerate(raw_constraints):
+        try:
+            constraints.append(Constraint.parse(text))
+        except ValueError as error:
+            raise ValueError(f"constraints[{i}]: {error}") from None
+    return SearchSpace(params, tuple(constraints), source)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file; any problem -> one-line ValueError ``<file>: <key>: <what>``."""
+    path = Path(path)
+    try:
+        return _parse_space(_read_yaml(path), str(path))
+    except ValueError as error:
+        raise ValueError(f"{path}: " + " ".join(str(error).split())) from None
+
+
+def sample(space: SearchSpace, trial: optuna.trial.BaseTrial) -> ArchConfig:
+    """Suggest every active, non-fixed param through ``trial``; works with FixedTrial and enqueued trials."""
+    return ArchConfig.from_dict(_assign(space.params, lambda name, param: param.suggest(trial, name)))
+
+
+def to_params(space: SearchSpace, cfg: ArchConfig) -> dict[str, Any]:
+    """Optuna params that make ``sample`` return ``cfg`` (for ``study.enqueue_trial``).
+
+    Exactly the keys a trial would suggest (so ``skip_if_exists`` can match them);
+    numeric values may lie outside the range (Optuna warns and uses them). Raises
+    ValueError when the space cannot produce ``cfg``: a categorical value that is not a
+    choice, a fixed value that differs, or an inactive/unlisted field off its default.
+    """
+    values = _assign(space.params, lambda name, _param: getattr(cfg, name))
+    params: dict[str, Any] = {}
+    for name, value in values.items():
+        param = space.params[name]
+        if isinstance(param, Categorical):  # Optuna fails a trial whose enqueued value is not a choice
+            matches = [c for c in param.choices if _same(c, value)]
+            if not matches:
+                raise ValueError(f"{name}={value!r} is not one of the choices {list(param.choices)} in {space.source}")
+            value = matches[0]  # the choice's own type (2, not 2.0), as trial.params will hold it
+        if not isinstance(param, Fixed):
+            params[name] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # out-of-range numbers are allowed, see above
+        rebuilt = sample(space, optuna.trial.FixedTrial(params))
+    diff = [f"{f.name}={getattr(cfg, f.name)!r} (space gives {getattr(rebuilt, f.name)!r})"
+            for f in fields(cfg) if getattr(cfg, f.name) != getattr(rebuilt, f.name)]
+    if diff:
+        raise ValueError(f"{space.source} cannot produce this architecture: {', '.join(diff)}")
+    return params
