@@ -11,8 +11,10 @@ import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from searchsr.arch import ArchConfig, apply_overrides, build_model, load_arch
+from searchsr.evaluate import DEFAULT_TILE
 
 
 class UsageError(ValueError):
@@ -106,6 +108,236 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_upscaler(args: argparse.Namespace) -> tuple[Callable, int, str]:
+    """The upscaler --arch/--checkpoint name, its scale, and a label for the report."""
+    import torch
+
+    from searchsr.evaluate import bicubic_upscaler, model_upscaler
+    from searchsr.train import load_trained, resolve_device
+
+    if args.arch == "bicubic":
+        if args.overrides:
+            raise UsageError("--set does not apply to --arch bicubic")
+        scale = args.scale or 4
+        return bicubic_upscaler(scale), scale, "bicubic"
+    if args.checkpoint:
+        if args.overrides:
+            raise UsageError("--set does not apply to --checkpoint (the run fixes the architecture)")
+        cfg, model = load_trained(args.checkpoint)
+        label = f"checkpoint {args.checkpoint}"
+    else:
+        cfg = _resolve_arch(args)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(cfg)
+        label = f"{args.arch} (untrained, seed 0)"
+    if args.scale is not None and args.scale != cfg.scale:
+        raise UsageError(f"--scale {args.scale} differs from the network's x{cfg.scale}")
+    model = model.to(resolve_device(args.device))
+    return model_upscaler(model, args.tile), cfg.scale, label
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from searchsr.data import load_folder
+    from searchsr.evaluate import evaluate
+
+    upscaler, scale, label = _eval_upscaler(args)
+    images = load_folder(args.data, scale)
+    result = evaluate(upscaler, images, Path(args.save_dir) if args.save_dir else None)
+    if args.json:
+        print(json.dumps({"arch": label, "data": images.source, "scale": scale, **result.to_dict()}))
+        return 0
+    for score in result.per_image:
+        print(f"  {score.name:<24} PSNR-Y {score.psnr_y:6.2f} dB  SSIM-Y {score.ssim_y:.4f}")
+    print(f"{label} x{scale} on {images.source}: PSNR-Y {result.psnr_y:.2f} dB, SSIM-Y {result.ssim_y:.4f} "
+          f"(mean of {result.images} images, {result.seconds:.1f} s)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from searchsr.data import load_images
+    from searchsr.schedule import load_schedule
+    from searchsr.train import DivergedError, train
+
+    cfg = _resolve_arch(args)
+    schedule = load_schedule(args.schedule)
+    train_set = load_images(args.train_dir, "train", cfg.scale)
+    val_set = load_images(args.val_dir, "val", cfg.scale)
+    command = {k: v for k, v in vars(args).items() if k != "func"}
+    try:
+        result = train(cfg, schedule, train_set, val_set, args.out, seed=args.seed, resume=args.resume,
+                       progress=not args.no_progress, device=args.device, amp=args.amp, tile=args.tile,
+                       command=command)
+    except DivergedError as err:
+        print(f"searchsr: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    val, bicubic = result.val, result.bicubic
+    print(f"{cfg.to_json()}  {schedule.name}: {result.step} steps in {result.seconds:.1f} s on {result.device}")
+    print(f"validation on {val_set.source}: PSNR-Y {val.psnr_y:.2f} dB, SSIM-Y {val.ssim_y:.4f} "
+          f"({val.psnr_y - bicubic.psnr_y:+.2f} dB vs bicubic {bicubic.psnr_y:.2f} dB / {bicubic.ssim_y:.4f})")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def _search_settings(args: argparse.Namespace):
+    """Everything ``run`` needs, validated before any storage, folder or Ray is touched."""
+    from pathlib import Path
+
+    from searchsr.data import load_images
+    from searchsr.schedule import load_schedule
+    from searchsr.space import Constraint, load_space, parse_objectives
+    from searchsr.study import SAMPLERS, mask_url
+    from searchsr.tuner import SearchSettings
+
+    space = load_space(args.space)
+    objectives = parse_objectives(args.objectives)
+    extra = []
+    for text in args.constraint:
+        try:
+            extra.append(Constraint.parse(text))
+        except ValueError as err:
+            raise ValueError(f"--constraint: {err}") from None
+    if args.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    for name, value, low in (("--trials", args.trials, 1), ("--cpus-per-trial", args.cpus_per_trial, 1),
+                             ("--concurrency", args.concurrency, 0), ("--seed", args.seed, 0),
+                             ("--max-failures", args.max_failures, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if args.gpus_per_trial < 0:
+        raise ValueError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if not args.study or not all(c.isalnum() or c in "-_." for c in args.study) or args.study.startswith("."):
+        raise ValueError(f"--study must be letters, digits, '-', '_' or '.', got {args.study!r}")
+    load_schedule(args.schedule)
+    scale = 4
+    for folder, split in ((args.train_dir, "train"), (args.val_dir, "val")):
+        if folder is not None:
+            load_images(folder, split, scale)
+    enqueue = tuple(n.strip() for n in args.enqueue.split(",") if n.strip()) if args.enqueue else ()
+    return SearchSettings(space=space, objectives=objectives, constraints=space.constraints + tuple(extra),
+                          study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
+                          trials=args.trials, schedule=args.schedule, train_dir=args.train_dir,
+                          val_dir=args.val_dir, runs_root=Path(args.runs_dir) / args.study, enqueue=enqueue,
+                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                          concurrency=args.concurrency, address=args.address, latency_runs=args.latency_runs,
+                          max_failures=args.max_failures, verbose=args.verbose), mask_url(args.storage)
+
+
+def _print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
+    from searchsr.pareto import compute_front, front_records, front_table
+
+    front = compute_front(study)
+    if as_json:
+        print(json.dumps(front_records(front), default=str))
+        return
+    table = front_table(front)
+    if as_csv:
+        print(table.to_csv(index=False), end="")
+        return
+    names = ", ".join(f"{o.name} ({o.direction[:3]})" for o in front.objectives)
+    print(f"Pareto front of study {study.study_name!r}: {len(front.points)} of {front.complete_trials} "
+          f"complete feasible trials; objectives {names}")
+    if not table.empty:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    ref = ", ".join(f"{k}={v:.4g}" for k, v in front.reference_point.items())
+    print(f"hypervolume {front.hypervolume:.6g} (reference point: {ref or 'none'})")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from searchsr.tuner import run_search
+
+    settings, storage = _search_settings(args)
+    print(f"study {settings.study!r} in {storage}: {settings.trials} new trial(s), objectives "
+          f"{','.join(o.name for o in settings.objectives)}, sampler {settings.sampler}, "
+          f"schedule {settings.schedule}", file=sys.stderr)
+    study = run_search(settings)
+    _print_front(study)
+    return 0
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from searchsr.study import load_study, open_storage
+
+    study = load_study(args.study, open_storage(args.storage))
+    _print_front(study, as_json=args.json, as_csv=args.csv)
+    return 0
+
+
+def cmd_bench_concurrency(args: argparse.Namespace) -> int:
+    """The same architecture timed in every trial of a concurrent study: how much does latency vary?"""
+    import tempfile
+    from pathlib import Path
+
+    from searchsr.arch import PRESETS
+    from searchsr.space import load_space, parse_objectives
+    from searchsr.study import load_study, open_storage
+    from searchsr.tuner import SearchSettings, run_search
+
+    arch = load_arch(args.arch)
+    with tempfile.TemporaryDirectory(prefix="searchsr-bench-") as tmp:
+        space_file = Path(tmp) / "fixed.yaml"
+        space_file.write_text("params:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in arch.to_dict().items()))
+        storage = f"sqlite:///{tmp}/bench.db"
+        settings = SearchSettings(space=load_space(space_file), objectives=parse_objectives("psnr,latency"),
+                                  constraints=(), study="bench", storage=storage, sampler="random", seed=0,
+                                  trials=args.trials, schedule=args.schedule, train_dir=None, val_dir=None,
+                                  runs_root=Path(tmp) / "runs", concurrency=args.concurrency,
+                                  latency_runs=args.latency_runs)
+        run_search(settings)
+        trials = load_study("bench", open_storage(storage)).get_trials(deepcopy=False)
+        latencies = [t.user_attrs["latency_ms"] for t in trials if "latency_ms" in t.user_attrs]
+    if len(latencies) < 2:
+        raise ValueError(f"only {len(latencies)} trial(s) completed; nothing to compare")
+    median = statistics.median(latencies)
+    report = {"arch": arch.to_dict(), "latencies_ms": latencies, "median_ms": median,
+              "spread": (max(latencies) - min(latencies)) / median,
+              "cv": statistics.stdev(latencies) / statistics.mean(latencies), "xlite_preset": arch == PRESETS["xlite"]}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{len(latencies)} trials of {args.arch} ({args.concurrency or 'max'} at once, {args.schedule}): "
+              f"latency {', '.join(f'{v:.1f}' for v in latencies)} ms; (max-min)/median {100 * report['spread']:.2f}%, "
+              f"CV {100 * report['cv']:.2f}%")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from searchsr.export import check_out_dir, export_model, load_run, parse_formats, summary
+
+    formats = parse_formats(args.format)
+    if args.checkpoint:
+        if args.trial is not None or args.storage is not None:
+            raise UsageError("--trial and --storage go with --study, not --checkpoint")
+    elif args.trial is None:
+        raise UsageError("--study needs --trial K (the trial number to export)")
+    check_out_dir(Path(args.out))  # fail before loading anything
+    if args.checkpoint:
+        cfg, model, provenance = load_run(args.checkpoint)
+    else:
+        raise UsageError("export --study is not available yet (searchsr.study has no trial loader); "
+                         "export the trial's run folder with --checkpoint RUN")
+    card = export_model(cfg, model, args.out, formats, provenance)
+    print(json.dumps(card) if args.json else summary(card, args.out))
+    return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from searchsr.upscale import upscale_files
+
+    def report(r) -> None:
+        (h, w), (sh, sw) = r.lr_size, r.sr_size
+        print(f"{r.input} -> {r.output}: {w}x{h} -> {sw}x{sh} {r.mode} ({r.seconds:.1f} s)", flush=True)
+
+    results = upscale_files(args.model, args.inputs, args.out, tile=args.tile, backend=args.backend,
+                            on_done=None if args.json else report)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchsr",
@@ -126,6 +358,116 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_profile)
 
+    p = sub.add_parser("train", help="train one network (Sec. 4.1: L1, Adam, halving lr) into a run folder",
+                       description="Train a network on random LR/HR patches and validate it (PSNR-Y/SSIM-Y "
+                                   "against bicubic). Without --train-dir/--val-dir the scikit-image sample "
+                                   "photos are used (fixed split, nothing downloaded).")
+    _arch_args(p)
+    p.add_argument("--schedule", default="short",
+                   help="smoke, short (search proxy), full (the paper's) or a YAML file (default: short)")
+    p.add_argument("--train-dir", help="folder of HR training images (default: embedded skimage photos)")
+    p.add_argument("--val-dir", help="folder of HR validation images (default: embedded skimage photos)")
+    p.add_argument("--out", required=True, help="run folder; must be new or empty unless --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and patch sampling seed (default: 0)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"LR tile side for validating large images (default: {DEFAULT_TILE})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="PSNR-Y/SSIM-Y of bicubic, a network or a trained run on a folder",
+                       description="Score x4 (or --scale) super-resolution of every image in --data: LR made "
+                                   "by MATLAB bicubic, Y channel, crop border = scale, mean over images.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", help="bicubic, a preset (lite, xlite; untrained) or a YAML/JSON config file")
+    which.add_argument("--checkpoint", metavar="RUN", help="a finished run folder written by `searchsr train`")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of --arch (repeatable)")
+    p.add_argument("--data", required=True, help="folder of HR images")
+    p.add_argument("--scale", type=int, help="upscaling factor (default: the network's; 4 for bicubic)")
+    p.add_argument("--save-dir", help="write each SR output here as PNG, named after its HR file")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"LR tile side; larger images run in overlapping tiles (default: {DEFAULT_TILE})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="search: Optuna multi-objective study, trials run by Ray Tune",
+                       description="Run N new trials of a study (created or continued): each trial trains "
+                                   "the proxy schedule, scores PSNR-Y/SSIM-Y, counts FLOPs/params and "
+                                   "measures latency; ends with the Pareto front.")
+    p.add_argument("--space", default="spaces/mbv3_sr.yaml", help="search-space YAML (default: spaces/mbv3_sr.yaml)")
+    p.add_argument("--objectives", default="psnr,latency",
+                   help="comma-separated subset of psnr, ssim, latency, flops, params, activations, memory "
+                        "(default: psnr,latency)")
+    p.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                   help="extra constraint like 'latency_ms <= 40' or 'params <= 100000' (repeatable)")
+    p.add_argument("--trials", type=int, default=12, help="new trials in this invocation (default: 12)")
+    p.add_argument("--study", default="searchsr", help="study name (default: searchsr)")
+    p.add_argument("--storage", default="sqlite:///studies/searchsr.db",
+                   help="SQLAlchemy URL (default: sqlite:///studies/searchsr.db; postgresql+psycopg://... "
+                        "for a cluster)")
+    p.add_argument("--sampler", default="tpe", help="nsga2, tpe or random (default: tpe)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
+    p.add_argument("--schedule", default="short", help="training schedule per trial (default: short)")
+    p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
+    p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
+    p.add_argument("--enqueue", default="xlite", help="paper presets to put in the study, e.g. lite,xlite "
+                                                      "(default: xlite; '' for none)")
+    p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (default: 0)")
+    p.add_argument("--concurrency", type=int, default=0, help="trials at once (default: CPUs / cpus-per-trial)")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
+    p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
+    p.add_argument("--max-failures", type=int, default=0, help="stop after this many failed trials (0: never)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("front", help="print a study's Pareto front (table, --json or --csv)")
+    p.add_argument("--study", default="searchsr", help="study name (default: searchsr)")
+    p.add_argument("--storage", default="sqlite:///studies/searchsr.db", help="SQLAlchemy URL")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON list, one object per front trial")
+    fmt.add_argument("--csv", action="store_true", help="CSV table")
+    p.set_defaults(func=cmd_front)
+
+    p = sub.add_parser("export", help="write a trained network as YAML, safetensors, ONNX and TorchScript, "
+                                      "verified, with a model card",
+                       description="Export a finished run (or a study's trial) into a new folder: arch.yaml, "
+                                   "weights.safetensors, BN-fused model.onnx (input lr float32 NCHW RGB in [0,1], "
+                                   "any height/width; output sr at the network's scale) and model.ts, plus "
+                                   "model_card.json/.md. ONNX and TorchScript are checked against PyTorch on real "
+                                   "photos (max |diff| <= 1e-4); nothing is written if they disagree.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="RUN", help="a finished run folder written by `searchsr train`")
+    which.add_argument("--study", metavar="NAME", help="a search study (with --trial)")
+    p.add_argument("--trial", type=int, metavar="K", help="trial number in --study")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study's storage (with --study)")
+    p.add_argument("--out", required=True, help="output folder; must be new or empty")
+    p.add_argument("--format", default="yaml,safetensors,onnx,torchscript",
+                   help="comma-separated subset of yaml,safetensors,onnx,torchscript (default: all)")
+    p.add_argument("--json", action="store_true", help="print the model card as one JSON object")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("upscale", help="super-resolve images with an exported model folder (tiled, bounded memory)",
+                       description="Upscale images by the model's scale with a folder written by `searchsr export`. "
+                                   "Large images run in overlapping tiles whose squeeze-excite statistics are "
+                                   "measured over the whole image, so tiling does not change the result. Outputs "
+                                   "are PNGs named after the inputs; gray stays gray, alpha is upscaled bicubically.")
+    p.add_argument("--model", required=True, metavar="DIR", help="folder written by `searchsr export`")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files (PNG, JPEG, BMP, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"LR tile side; larger images run in overlapping tiles (default: {DEFAULT_TILE})")
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+                   help="onnx: ONNX Runtime on model.onnx; torch: arch.yaml + weights.safetensors (default: onnx)")
+    p.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
+    p.set_defaults(func=cmd_upscale)
+
     bench = sub.add_parser("bench", help="benchmarks (speed, stability); figures go in issue notes")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     b = bench_sub.add_parser("latency", help="CV of the median latency over repeated measurements, "
@@ -138,6 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cuda" if _cuda() else "cpu")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_latency)
+    b = bench_sub.add_parser("concurrency", help="latency of one architecture across the trials of a concurrent "
+                                                 "study (goal: within 5%)")
+    b.add_argument("--arch", default="xlite", help="preset or config file timed in every trial (default: xlite)")
+    b.add_argument("--trials", type=int, default=6, help="trials (default: 6)")
+    b.add_argument("--concurrency", type=int, default=2, help="trials at once (default: 2)")
+    b.add_argument("--schedule", default="short", help="training schedule of each trial (default: short)")
+    b.add_argument("--latency-runs", type=int, default=10, help="timed runs per measurement (default: 10)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_concurrency)
     return parser
 
 
@@ -147,9 +498,25 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _quiet_libraries() -> None:
+    """Optuna's experimental-feature warnings and INFO lines are for its developers, not our users."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    # enqueued paper presets may sit outside a space's ranges, on purpose (see searchsr.space)
+    warnings.filterwarnings("ignore", message=r"Fixed parameter .* is out of range")
+    # we record heartbeats ourselves for the trials Ray runs (see searchsr.study)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -1,0 +1,192 @@
+"""HR image sets, their MATLAB-bicubic LR counterparts, and random training patches.
+
+Every SR benchmark degrades its ground truth the same way: mod-crop the HR image
+to the scale, then ``imresize(hr, 1/scale)`` rounded to uint8 (``searchsr.imresize``).
+An ``ImageSet`` holds those (HR, LR) pairs in memory; a training trial samples
+aligned random patches from them (``PatchDataset``), evaluation scores whole images.
+
+Images are kept as uint8 numpy arrays: HxWx3 for colour, HxW for grayscale, because
+the benchmark scripts score a single-channel image on its gray value. Only the
+network input is expanded to three channels (``to_tensor``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+import torch
+from PIL import Image
+
+from searchsr.imresize import imresize_uint8, mod_crop
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+# scikit-image's colour photographs that ship inside its wheel (no pooch download).
+# The split is fixed so that zero-config runs are comparable with each other:
+# the two smallest photos validate, the rest train.
+SKIMAGE_TRAIN: dict[str, Callable[[], np.ndarray]] = {
+    "astronaut": skimage.data.astronaut,
+    "rocket": skimage.data.rocket,
+    "hubble_deep_field": skimage.data.hubble_deep_field,
+    "immunohistochemistry": skimage.data.immunohistochemistry,
+    "retina": skimage.data.retina,
+    "motorcycle_left": lambda: skimage.data.stereo_motorcycle()[0],
+}
+SKIMAGE_VAL: dict[str, Callable[[], np.ndarray]] = {
+    "chelsea": skimage.data.chelsea,
+    "coffee": skimage.data.coffee,
+}
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One benchmark image: mod-cropped HR and its bicubic LR, both uint8."""
+
+    name: str  # file name, reused for saved outputs
+    hr: np.ndarray
+    lr: np.ndarray
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A named collection of pairs for one scale; ``source`` is recorded in run configs."""
+
+    source: str
+    scale: int
+    images: tuple[ImagePair, ...]
+
+
+def make_pair(name: str, hr: np.ndarray, scale: int) -> ImagePair:
+    """Mod-crop ``hr`` and compute its LR; errors name the image."""
+    try:
+        hr = mod_crop(hr, scale)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    hr.setflags(write=False)
+    lr = imresize_uint8(hr, 1 / scale)
+    lr.setflags(write=False)
+    return ImagePair(name, hr, lr)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 HxW (gray) or HxWx3 (everything else: RGBA, palette, CMYK -> RGB)."""
+    try:
+        with Image.open(path) as img:
+            gray = img.mode in ("1", "L", "LA")
+            if not gray and img.mode.startswith("I"):  # 16/32-bit gray has no uint8 meaning
+                raise ValueError(f"unsupported image mode {img.mode}")
+            return np.array(img.convert("L" if gray else "RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: cannot read image ({err})") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (case-insensitive suffix), sorted by name."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a directory")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_pair(path: str, mtime_ns: int, scale: int) -> ImagePair:
+    """The LR is computed once per file version and scale (repeated trials in one process)."""
+    return make_pair(Path(path).name, read_image(Path(path)), scale)
+
+
+def load_folder(folder: str | Path, scale: int) -> ImageSet:
+    """Every image in ``folder`` as (HR, LR) pairs for ``scale``."""
+    folder = Path(folder).resolve()
+    pairs = tuple(_cached_pair(str(p), p.stat().st_mtime_ns, scale) for p in list_images(folder))
+    return ImageSet(str(folder), scale, pairs)
+
+
+def load_skimage(split: str, scale: int) -> ImageSet:
+    """The embedded default data: ``split`` is ``train`` or ``val`` (see ``SKIMAGE_TRAIN``/``SKIMAGE_VAL``)."""
+    loaders = {"train": SKIMAGE_TRAIN, "val": SKIMAGE_VAL}.get(split)
+    if loaders is None:
+        raise ValueError(f"skimage split must be train or val, got {split!r}")
+    pairs = tuple(make_pair(f"{name}.png", load(), scale) for name, load in loaders.items())
+    return ImageSet(f"skimage:{split} ({', '.join(loaders)})", scale, pairs)
+
+
+def load_images(folder: str | Path | None, split: str, scale: int) -> ImageSet:
+    """A user folder, or the embedded ``split`` when no folder is given (the CLI's defaults)."""
+    return load_skimage(split, scale) if folder is None else load_folder(folder, scale)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 HxW[x3] -> float 3xHxW in [0, 1]; gray is replicated to the network's three channels."""
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)).div_(255)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """``length`` random aligned (LR, HR) patch pairs with flips and 90-degree rotations.
+
+    Sample ``i`` draws from its own generator seeded by ``(seed, i)``, so every sample
+    is a pure function of its index: a run resumed at step ``k`` reads exactly the
+    samples the uninterrupted run would, with no RNG state to save, and the result is
+    the same with any number of loader workers.
+    """
+
+    def __init__(self, images: ImageSet, patch_size: int, seed: int, length: int) -> None:
+        for pair in images.images:
+            h, w = pair.lr.shape[:2]
+            if min(h, w) < patch_size:
+                raise ValueError(f"{pair.name}: LR image {h}x{w} is smaller than the "
+                                 f"{patch_size}x{patch_size} training patch (HR {images.scale}x that)")
+        self.images = images.images
+        self.scale = images.scale
+        self.patch_size = patch_size
+        self.seed = seed
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        pair = self.images[rng.integers(len(self.images))]
+        p, s = self.patch_size, self.scale
+        h, w = pair.lr.shape[:2]
+        y, x = rng.integers(h - p + 1), rng.integers(w - p + 1)
+        lr = pair.lr[y : y + p, x : x + p]
+        hr = pair.hr[s * y : s * (y + p), s * x : s * (x + p)]
+        hflip, vflip, transpose = rng.integers(2, size=3)
+        return to_tensor(augment(lr, hflip, vflip, transpose)), to_tensor(augment(hr, hflip, vflip, transpose))
+
+
+def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
+    """One of the 8 flips/rotations of the square; applied identically to LR and HR."""
+    if hflip:
+        img = img[:, ::-1]
+    if vflip:
+        img = img[::-1]
+    if transpose:
+        img = img.swapaxes(0, 1)
+    return img
+
+
+def default_workers() -> int:
+    """Loader processes: patch cropping is cheap, so on a machine with two cores or fewer a
+    worker would only steal a core from the training threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
+
+
+def patch_loader(dataset: PatchDataset, batch_size: int, start_step: int,
+                 device: torch.device) -> torch.utils.data.DataLoader:
+    """Batches for steps ``start_step, start_step + 1, ...``: sample indices run on from the resumed step."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=range(start_step * batch_size, len(dataset)),
+        num_workers=default_workers(), pin_memory=device.type == "cuda", drop_last=True)

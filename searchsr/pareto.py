@@ -1,0 +1,126 @@
+"""The study's Pareto front as small typed objects (drawn elsewhere: cli tables, reports).
+
+The front is Optuna's (``study.best_trials``: complete, feasible under the recorded
+constraints, non-dominated). Hypervolume uses Optuna's implementation on the objectives
+turned into losses (maximised ones negated) against this reference point: for each
+objective the worst value among all complete feasible trials, moved 10% of the
+observed span (at least 1e-9 relative) further out, so every front point contributes
+and the figure can be recomputed from the study alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import FrozenTrial, TrialState
+
+from searchsr.space import OBJECTIVES, Objective
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    number: int
+    values: dict[str, float]  # objective name -> value
+    arch: dict
+    preset: str | None  # "lite"/"xlite" for the paper's enqueued networks
+    metrics: dict = field(default_factory=dict)  # every recorded user attribute
+
+
+@dataclass(frozen=True)
+class Front:
+    objectives: tuple[Objective, ...]
+    points: tuple[FrontPoint, ...]
+    baselines: tuple[FrontPoint, ...]  # the paper's networks, on the front or not
+    hypervolume: float
+    reference_point: dict[str, float]
+    complete_trials: int
+
+
+def study_objectives(study: optuna.Study) -> tuple[Objective, ...]:
+    names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"study {study.study_name!r} has objectives searchsr does not know: {unknown}")
+    return tuple(Objective(n, *OBJECTIVES[n]) for n in names)
+
+
+def _point(trial: FrozenTrial, objectives: tuple[Objective, ...]) -> FrontPoint:
+    return FrontPoint(trial.number, {o.name: v for o, v in zip(objectives, trial.values)},
+                      trial.user_attrs.get("arch", {}), trial.user_attrs.get("preset"), dict(trial.user_attrs))
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    return all(c <= 0 for c in trial.constraints.values())
+
+
+def _losses(trials: list[FrozenTrial], objectives: tuple[Objective, ...]) -> np.ndarray:
+    sign = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in objectives])
+    return np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(objectives)) * sign
+
+
+def reference_point(trials: list[FrozenTrial], objectives: tuple[Objective, ...]) -> np.ndarray:
+    """Loss-space reference: the worst feasible value per objective, 10% of the span beyond."""
+    losses = _losses(trials, objectives)
+    worst, best = losses.max(axis=0), losses.min(axis=0)
+    margin = np.maximum(0.1 * (worst - best), 1e-9 * np.maximum(np.abs(worst), 1.0))
+    return worst + margin
+
+
+def compute_front(study: optuna.Study) -> Front:
+    objectives = study_objectives(study)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
+    best = sorted(study.best_trials, key=lambda t: t.number) if complete else []
+    if complete:
+        ref = reference_point(complete, objectives)
+        hv = compute_hypervolume(_losses(best, objectives), ref)
+        sign = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in objectives])
+        ref_values = {o.name: float(v) for o, v in zip(objectives, ref * sign)}
+    else:
+        hv, ref_values = 0.0, {}
+    baselines = tuple(_point(t, objectives) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                      if t.user_attrs.get("preset"))
+    return Front(objectives, tuple(_point(t, objectives) for t in best), baselines, float(hv), ref_values,
+                 len(complete))
+
+
+def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
+    """Hypervolume of the front after each complete feasible trial, against the final reference."""
+    objectives = study_objectives(study)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
+    if not complete:
+        return []
+    ref = reference_point(complete, objectives)
+    history = []
+    for i in range(1, len(complete) + 1):
+        history.append((complete[i - 1].number, float(compute_hypervolume(_losses(complete[:i], objectives), ref))))
+    return history
+
+
+def front_table(front: Front) -> pd.DataFrame:
+    """One row per front trial (plus off-front baselines), the columns users compare."""
+    on_front = {p.number for p in front.points}
+    rows = []
+    for p in list(front.points) + [b for b in front.baselines if b.number not in on_front]:
+        m = p.metrics
+        rows.append({"trial": p.number, "front": p.number in on_front, "baseline": p.preset or "",
+                     "nf": p.arch.get("nf"), "N": p.arch.get("n_blocks"), "expansion": p.arch.get("expansion"),
+                     "se": p.arch.get("se"), "bn": p.arch.get("bn"), "act": p.arch.get("act"),
+                     "psnr_y": m.get("psnr"), "ssim_y": m.get("ssim"), "latency_ms": m.get("latency_ms"),
+                     "latency_ratio": m.get("latency_ratio"), "flops_g": _scaled(m.get("flops"), 1e9),
+                     "params_k": _scaled(m.get("params"), 1e3)})
+    return pd.DataFrame(rows)
+
+
+def _scaled(value: float | None, unit: float) -> float | None:
+    return None if value is None else value / unit
+
+
+def front_records(front: Front) -> list[dict]:
+    """``front --json``: one object per front trial with its number, objective values and arch."""
+    return [{"number": p.number, **p.values, "arch": p.arch, "baseline": p.preset,
+             **{k: v for k, v in p.metrics.items() if k not in ("arch", "preset") and k not in p.values}}
+            for p in front.points]

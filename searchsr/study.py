@@ -1,0 +1,208 @@
+"""The search: an Optuna multi-objective study whose trials Ray Tune runs.
+
+Flow: space file -> ``sample`` (Optuna define-by-run, inside Ray's ``OptunaSearch``) ->
+one Ray Tune trial = train the ``short`` schedule + score PSNR-Y/SSIM-Y -> costs from the
+single ``CostMeter`` actor -> the driver writes every metric as user attributes and tells
+Optuna. Design choices, each against a known pitfall:
+
+* Single writer. Workers never touch the storage (SQLite allows one writer; PostgreSQL
+  credentials stay on the driver). ``RecordingOptunaSearch`` writes user attributes and
+  constraints on the driver *before* ``tell``, because Ray's OptunaSearch only passes the
+  objective values and a finished Optuna trial refuses further writes.
+* Latency that means something under concurrency. Trials train side by side, but every
+  timing runs in one Ray actor (``CostMeter``), so two timings never overlap, with a
+  fixed thread count, and always interleaved with XLITE: ``latency_ratio`` (to XLITE) is
+  steady even while other trials load the machine, and ``latency_ms`` is that ratio times
+  the XLITE reference the meter timed once, before any trial started.
+* Crash and resume. The driver records an Optuna heartbeat for each trial it owns; a
+  rerun fails trials whose heartbeat went stale (a killed driver), which re-queues their
+  parameters through ``RetryFailedTrialCallback`` (Optuna's own mechanism, not
+  ``Tuner.restore``), so a study continued from the storage reaches the requested count.
+* Samplers are rebuilt on every run, seeded with ``seed + number of trials so far``:
+  the same seed again would replay the first run's random draws.
+* Parallel random start-up (ray#52535): concurrency defaults to what the CPUs allow and
+  TPE's start-up count is capped by the trials requested, so a small run still models.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+
+from searchsr.space import Constraint, Objective, SearchSpace, sample, set_constraints, to_params
+
+DEFAULT_STORAGE = "sqlite:///studies/searchsr.db"
+DEFAULT_STUDY = "searchsr"
+HEARTBEAT_S = 15
+GRACE_S = 60
+FAILURE_FILE = "failure.txt"
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+def mask_url(url: str) -> str:
+    """A storage URL fit for logs and errors: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "<invalid storage URL>"
+
+
+def open_storage(url: str) -> RDBStorage:
+    """An RDB storage with heartbeats; any failure is one line with the URL masked."""
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ValueError(f"--storage: not an SQLAlchemy URL: {mask_url(url)}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                          engine_kwargs={"pool_pre_ping": True})
+    except Exception as err:  # sqlalchemy/driver errors name the URL, password included
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"cannot open storage {mask_url(url)}: {first.replace(url, mask_url(url))}") from None
+
+
+def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials)))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n_trials // 2)),
+                                          multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+
+
+def load_study(study_name: str, storage: RDBStorage, sampler: optuna.samplers.BaseSampler | None = None
+               ) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    except KeyError:
+        raise ValueError(f"no study named {study_name!r} in this storage") from None
+
+
+def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, ...], sampler: str,
+                  seed: int, n_trials: int) -> optuna.Study:
+    """Create or continue the study; an existing one must have the same objectives."""
+    directions = [o.direction for o in objectives]
+    names = [o.name for o in objectives]
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    if name in existing:
+        study = load_study(name, storage)
+        if study.metric_names and list(study.metric_names) != names:
+            raise ValueError(f"study {name!r} optimises {','.join(study.metric_names)}, not {','.join(names)}: "
+                             f"use another --study or the same --objectives")
+        offset = len(study.trials)
+    else:
+        offset = 0
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
+                                sampler=make_sampler(sampler, seed + offset, n_trials))
+    study.set_metric_names(names)
+    optuna.storages.fail_stale_trials(study)
+    return study
+
+
+def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...],
+                  constraints: tuple[Constraint, ...], runs_root: Path, common: dict[str, Any]):
+    """Ray's OptunaSearch on our study, recording attributes and heartbeats on the driver."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    def define_by_run(trial: optuna.Trial) -> dict[str, Any]:
+        cfg = sample(space, trial)
+        return {"arch": cfg.to_dict(), "number": trial.number, **common}
+
+    class Searcher(OptunaSearch):
+        def __init__(self) -> None:
+            super().__init__(space=define_by_run, metric=[o.key for o in objectives],
+                             mode=["max" if o.direction == "maximize" else "min" for o in objectives],
+                             sampler=study.sampler, study_name=study.study_name, storage=study._storage)
+            self._ot_study = study
+            self._stop = threading.Event()
+            threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat").start()
+
+        def _beat(self) -> None:
+            while not self._stop.wait(HEARTBEAT_S / 3):
+                for ot_trial in list(self._ot_trials.values()):
+                    if ot_trial.number not in self._finished_numbers():
+                        study._storage.record_heartbeat(ot_trial._trial_id)
+
+        def _finished_numbers(self) -> set[int]:
+            return {self._ot_trials[t].number for t in self._completed_trials}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            config = super().suggest(trial_id)
+            study._storage.record_heartbeat(self._ot_trials[trial_id]._trial_id)
+            return config
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and trial_id not in self._completed_trials:
+                record_trial(ot_trial, result, error, constraints, runs_root)
+            super().on_trial_complete(trial_id, result=result if not error else None, error=error)
+
+        def close(self) -> None:
+            self._stop.set()
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the Optuna storage is the state (resume = rerun the command)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See ``save``."""
+
+        def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher into the experiment state
+            return {k: v for k, v in self.__dict__.items() if k != "_stop"}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state, _stop=threading.Event())
+
+    return Searcher()
+
+
+METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
+               "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
+
+
+def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, constraints: tuple[Constraint, ...],
+                 runs_root: Path) -> None:
+    """Every metric (objective or not), the arch, run folder and host, as user attributes."""
+    run_dir = runs_root / f"trial_{ot_trial.number:05d}"
+    ot_trial.set_user_attr("run_dir", str(run_dir))
+    if error or not result:
+        reason_file = run_dir / FAILURE_FILE
+        reason = reason_file.read_text().strip() if reason_file.is_file() else "worker died (no reason recorded)"
+        ot_trial.set_user_attr("fail_reason", reason[:2000])
+        return
+    for key in METRIC_KEYS:
+        if key in result:
+            ot_trial.set_user_attr(key, result[key])
+    for key in ("schedule", "host", "node_id", "device"):
+        if key in result:
+            ot_trial.set_user_attr(key, result[key])
+    if "arch_json" in result:  # Tune flattens nested dicts in results, so the arch travels as JSON
+        ot_trial.set_user_attr("arch", json.loads(result["arch_json"]))
+    set_constraints(ot_trial, constraints, result)
+
+
+def enqueue_presets(study: optuna.Study, space: SearchSpace, names: list[str]) -> list[str]:
+    """Queue the paper's networks (once per study) so the front is always compared with them."""
+    from searchsr.arch import PRESETS
+
+    queued = []
+    for name in names:
+        if name not in PRESETS:
+            raise ValueError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        params = to_params(space, PRESETS[name])
+        done = [t for t in study.get_trials(deepcopy=False) if t.params == params]
+        if not done:
+            study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+            queued.append(name)
+    return queued

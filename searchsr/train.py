@@ -1,0 +1,292 @@
+"""Train one network of the family exactly as Sec. 4.1 says, into a run folder.
+
+L1 loss, Adam(beta1 = 0.9, beta2 = 0.99), lr halved at the schedule's milestones
+(MultiStepLR, gamma 0.5), random aligned patches with flips and rotations. A search
+trial is ``train(...)`` on the ``short`` schedule; a retrain is the same on ``full``.
+
+Run folder (``out_dir``):
+
+* ``config.json``  arch, schedule, data, seed, amp, command: what the run *is*;
+  ``--resume`` refuses a different one.
+* ``metrics.csv``  step, loss, lr every ``log_every`` steps; validation rows carry
+  val_psnr_y / val_ssim_y instead.
+* ``checkpoint.safetensors``  everything a resume needs in one atomically replaced
+  file: model tensors (``model.*``), Adam state tensors (``optimizer.<i>.*``), and the
+  step, optimiser hyper-parameters, scheduler and AMP-scaler state as JSON metadata.
+  No pickle anywhere. Data order needs no RNG state (``PatchDataset`` seeds by index),
+  so a resumed CPU run is bit-for-bit the uninterrupted one.
+* ``weights.safetensors`` and ``result.json``  written last, only by a finished run.
+
+Training runs in channels-last memory format: on this project's 2-core CPU it makes
+an XLITE step (batch 16, 48x48 patches) 2.9x faster and LITE's 1.4x, for the same
+arithmetic in a different order.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+from tqdm import tqdm
+
+from searchsr.arch import ArchConfig, MobileSR, build_model
+from searchsr.cost import count_cost
+from searchsr.data import ImageSet, PatchDataset, patch_loader
+from searchsr.evaluate import DEFAULT_TILE, EvalResult, bicubic_upscaler, check_scorable, evaluate, model_upscaler
+from searchsr.schedule import Schedule
+
+CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.safetensors"
+WEIGHTS, RESULT = "weights.safetensors", "result.json"
+METRICS_COLUMNS = ("step", "loss", "lr", "val_psnr_y", "val_ssim_y")
+LR_GAMMA = 0.5  # "halved at steps [...]"
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint (if any) is still good."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A run's outcome; ``val`` is None when stopped early with ``until``."""
+
+    out_dir: str
+    step: int
+    finished: bool
+    seconds: float  # wall time of this call: training, validation, cost
+    loss: float  # mean L1 over the last log_every steps (of this call)
+    val: EvalResult | None
+    bicubic: EvalResult | None  # the same validation images upscaled by bicubic
+    params: int
+    flops: int  # paper convention, 256x256 LR input
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """CUDA when present, CPU otherwise; asking for an absent CUDA is an error."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    return device
+
+
+def run_config(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: ImageSet,
+               seed: int, amp: bool, command: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``config.json`` records; everything but ``command`` must match on resume."""
+    return {"arch": cfg.to_dict(), "schedule": schedule.to_dict(),
+            "data": {"train": train_set.source, "val": val_set.source, "scale": train_set.scale},
+            "seed": seed, "amp": amp, "command": command}
+
+
+def _check_inputs(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: ImageSet,
+                  seed: int, device: torch.device, amp: bool, until: int | None) -> None:
+    for name, images in (("training", train_set), ("validation", val_set)):
+        if images.scale != cfg.scale:
+            raise ValueError(f"{name} images are prepared for x{images.scale}, the network is x{cfg.scale}")
+    check_scorable(val_set)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if amp and device.type != "cuda":
+        raise ValueError("--amp needs a CUDA device")
+    if until is not None and not 0 < until <= schedule.steps:
+        raise ValueError(f"until must be between 1 and the schedule's {schedule.steps} steps, got {until}")
+
+
+def _prepare_run_dir(out_dir: Path, config: dict[str, Any], resume: bool) -> None:
+    """A fresh run needs an empty folder; a resume needs the same config and an unfinished run."""
+    if not resume:
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise ValueError(f"{out_dir}: exists and is not an empty folder (use --resume to continue that run)")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        _write_metrics(out_dir / METRICS, [])
+        return
+    if not (out_dir / CONFIG).is_file():
+        raise ValueError(f"{out_dir}: nothing to resume (no {CONFIG})")
+    if (out_dir / RESULT).exists():
+        raise ValueError(f"{out_dir}: the run already finished ({RESULT} exists)")
+    saved = _flatten(json.loads((out_dir / CONFIG).read_text()))
+    wanted = _flatten(json.loads(json.dumps(config)))  # tuples become lists, as in the saved copy
+    for key in sorted(saved.keys() | wanted.keys()):
+        if not key.startswith("command.") and saved.get(key) != wanted.get(key):
+            raise ValueError(f"--resume: {key} differs from {out_dir / CONFIG}: "
+                             f"{json.dumps(saved.get(key))} there, {json.dumps(wanted.get(key))} now")
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested keys as dotted paths, so a mismatch names the exact field."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _write_metrics(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, METRICS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_metrics(path: Path, **row: Any) -> None:
+    """One row per call, flushed at once, so an interrupted run keeps its history."""
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, METRICS_COLUMNS).writerow(row)
+
+
+def _rewind_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a resume restarts from (they will be logged again)."""
+    with path.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+    _write_metrics(path, rows)
+
+
+def save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> None:
+    """Write model, Adam and schedule state to one safetensors file, replaced atomically."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        tensors.update({f"optimizer.{index}.{k}": v for k, v in state.items()})
+    sched = {k: v for k, v in scheduler.state_dict().items() if k != "milestones"}  # from the schedule
+    meta = {"step": step, "param_groups": opt["param_groups"], "scheduler": sched, "scaler": scaler.state_dict()}
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+              metadata={"state": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> int:
+    """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
+    tensors = load_file(path)
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+    scaler.load_state_dict(meta["scaler"])
+    return int(meta["step"])
+
+
+def load_trained(run_dir: str | Path) -> tuple[ArchConfig, MobileSR]:
+    """The architecture and final weights of a finished run (``searchsr eval --checkpoint``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ValueError(f"{run_dir}: not a run folder (no {CONFIG})")
+    if not (run_dir / WEIGHTS).is_file():
+        raise ValueError(f"{run_dir}: no {WEIGHTS}: training has not finished (resume it with --resume)")
+    cfg = ArchConfig.from_dict(json.loads((run_dir / CONFIG).read_text())["arch"])
+    model = build_model(cfg)
+    model.load_state_dict(load_file(run_dir / WEIGHTS))
+    return cfg, model.eval()
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                lr_batch: torch.Tensor, hr_batch: torch.Tensor, amp: bool) -> float:
+    """One Adam step on the L1 loss; returns the loss."""
+    device = next(model.parameters()).device
+    lr_batch = lr_batch.to(device, memory_format=torch.channels_last, non_blocking=True)
+    hr_batch = hr_batch.to(device, memory_format=torch.channels_last, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        loss = F.l1_loss(model(lr_batch), hr_batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.item()
+
+
+def _validate(model: nn.Module, val_set: ImageSet, tile: int) -> EvalResult:
+    return evaluate(model_upscaler(model, tile), val_set)
+
+
+def train(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: ImageSet, out_dir: str | Path, *,
+          seed: int = 0, resume: bool = False, until: int | None = None, progress: bool = True,
+          device: str | None = None, amp: bool = False, tile: int = DEFAULT_TILE,
+          command: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``cfg`` on ``train_set``, validate on ``val_set``, and fill ``out_dir``.
+
+    Everything is checked before the folder is touched. ``until`` stops after that
+    step with a checkpoint (a later ``resume=True`` call continues from it).
+    """
+    start_time = time.perf_counter()
+    out_dir, dev = Path(out_dir), resolve_device(device)
+    _check_inputs(cfg, schedule, train_set, val_set, seed, dev, amp, until)
+    dataset = PatchDataset(train_set, schedule.patch_size, seed, schedule.steps * schedule.batch_size)
+    config = run_config(cfg, schedule, train_set, val_set, seed, amp, command)
+    _prepare_run_dir(out_dir, config, resume)
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+    model = model.to(dev, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.lr, betas=schedule.betas)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), gamma=LR_GAMMA)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp)
+    step = 0
+    if resume:
+        if (out_dir / CHECKPOINT).is_file():
+            step = load_checkpoint(out_dir / CHECKPOINT, model, optimizer, scheduler, scaler)
+        _rewind_metrics(out_dir / METRICS, step)
+
+    stop = schedule.steps if until is None else until
+    recent: deque[float] = deque(maxlen=schedule.log_every)
+    loader = patch_loader(dataset, schedule.batch_size, step, dev)
+    with tqdm(total=stop, initial=step, unit="step", disable=not progress, dynamic_ncols=True, leave=False) as bar:
+        for lr_batch, hr_batch in itertools.islice(loader, stop - step):
+            lr_now = scheduler.get_last_lr()[0]
+            recent.append(_train_step(model, optimizer, scheduler, scaler, lr_batch, hr_batch, amp))
+            step += 1
+            if not math.isfinite(recent[-1]):
+                raise DivergedError(f"loss is {recent[-1]} at step {step}: training diverged "
+                                    f"(try a lower lr than the schedule's {schedule.lr})")
+            bar.set_postfix(loss=f"{recent[-1]:.4f}", lr=f"{lr_now:.2g}", refresh=False)
+            bar.update()
+            if step % schedule.log_every == 0:
+                _append_metrics(out_dir / METRICS, step=step, loss=sum(recent) / len(recent), lr=lr_now)
+            if schedule.val_every and step % schedule.val_every == 0 and step < schedule.steps:
+                val = _validate(model, val_set, tile)
+                _append_metrics(out_dir / METRICS, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
+            if schedule.checkpoint_every and step % schedule.checkpoint_every == 0 or step == until:
+                save_checkpoint(out_dir / CHECKPOINT, step, model, optimizer, scheduler, scaler)
+
+    cost = count_cost(model, (256, 256))
+    common = dict(out_dir=str(out_dir), step=step, loss=sum(recent) / len(recent) if recent else math.nan,
+                  params=cost.params, flops=cost.flops, device=dev.type)
+    if step < schedule.steps:
+        return TrainResult(finished=False, seconds=time.perf_counter() - start_time, val=None, bicubic=None, **common)
+    val = _validate(model, val_set, tile)
+    _append_metrics(out_dir / METRICS, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
+    bicubic = evaluate(bicubic_upscaler(cfg.scale), val_set)
+    save_file({k: v.contiguous() for k, v in model.cpu().state_dict().items()}, out_dir / WEIGHTS,
+              metadata={"arch": cfg.to_json()})
+    result = TrainResult(finished=True, seconds=time.perf_counter() - start_time, val=val, bicubic=bicubic, **common)
+    (out_dir / RESULT).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result

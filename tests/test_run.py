@@ -1,0 +1,100 @@
+"""`searchsr run` end to end on the tiny space: Optuna + Ray Tune + SQLite, continued, then `front`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from searchsr.study import load_study, mask_url, open_storage, prepare_study
+from searchsr.space import parse_objectives
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("psnr", "ssim", "latency_ms", "latency_ratio", "flops", "params", "activations", "memory", "run_dir",
+           "host", "node_id", "train_seconds")
+
+
+def _searchsr(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "searchsr.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def _run_args(tmp: Path, trials: int, *extra: str) -> list[str]:
+    return ["run", "--space", str(ROOT / "spaces" / "tiny.yaml"), "--schedule", "smoke", "--trials", str(trials),
+            "--storage", f"sqlite:///{tmp}/s.db", "--runs-dir", str(tmp / "runs"), "--study", "t",
+            "--latency-runs", "2", "--sampler", "random", *extra]
+
+
+@pytest.mark.slow
+def test_run_records_everything_and_continues(tmp_path: Path) -> None:
+    first = _searchsr(*_run_args(tmp_path, 3))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Pareto front of study 't'" in first.stdout and "hypervolume" in first.stdout
+    assert "Traceback" not in first.stderr
+    study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert study.metric_names == ["psnr", "latency"]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(study.trials) == 3 and len(complete) == 3
+    xlite = [t for t in complete if t.user_attrs.get("preset") == "xlite"]
+    assert len(xlite) == 1 and xlite[0].user_attrs["params"] == 17979
+    for trial in complete:
+        assert all(key in trial.user_attrs for key in METRICS), sorted(trial.user_attrs)
+        assert trial.values == [trial.user_attrs["psnr"], trial.user_attrs["latency_ms"]]
+        assert Path(trial.user_attrs["run_dir"], "weights.safetensors").is_file()
+        assert trial.user_attrs["arch"]["nf"] in (8, 16)
+
+    second = _searchsr(*_run_args(tmp_path, 2))  # same study: continues, xlite not queued again
+    assert second.returncode == 0, second.stderr[-2000:]
+    study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert len(study.trials) == 5
+    assert sum(t.user_attrs.get("preset") == "xlite" for t in study.trials) == 1
+
+    out = _searchsr("front", "--study", "t", "--storage", f"sqlite:///{tmp_path}/s.db", "--json")
+    records = json.loads(out.stdout)
+    assert records and all({"number", "psnr", "latency", "arch"} <= set(r) for r in records)
+    front_numbers = {t.number for t in study.best_trials}
+    assert {r["number"] for r in records} == front_numbers
+    csv = _searchsr("front", "--study", "t", "--storage", f"sqlite:///{tmp_path}/s.db", "--csv")
+    assert csv.stdout.splitlines()[0].startswith("trial,front,baseline,nf,N")
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--objectives", "psnr,speed"), "unknown objective 'speed'"),
+    (("--sampler", "cmaes"), "--sampler must be one of"),
+    (("--space", "nope.yaml"), "nope.yaml"),
+    (("--trials", "0"), "--trials must be >= 1"),
+    (("--constraint", "latency < 3"), "--constraint"),
+    (("--schedule", "forever"), "forever"),
+    (("--study", "../escape"), "--study must be"),
+    (("--train-dir", "/nonexistent/dir"), "/nonexistent/dir"),
+])
+def test_run_rejects_bad_input_before_writing(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    args = _run_args(tmp_path, 1)
+    flag, value = change
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    out = _searchsr(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_storage_errors_mask_passwords() -> None:
+    url = "postgresql+psycopg://user:s3cret@127.0.0.1:1/nodb"
+    assert "s3cret" not in mask_url(url) and "***" in mask_url(url)
+    with pytest.raises(ValueError) as err:
+        open_storage(url)
+    assert "s3cret" not in str(err.value) and "cannot open storage" in str(err.value)
+
+
+def test_continuing_with_other_objectives_is_refused(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    prepare_study("x", storage, parse_objectives("psnr,latency"), "tpe", 0, 4)
+    with pytest.raises(ValueError, match="optimises psnr,latency, not psnr,flops"):
+        prepare_study("x", storage, parse_objectives("psnr,flops"), "tpe", 0, 4)
