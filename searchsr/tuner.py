@@ -20,7 +20,7 @@ import optuna
 
 from searchsr.arch import PRESETS, ArchConfig, build_model
 from searchsr.space import Constraint, Objective, SearchSpace
-from searchsr.study import FAILURE_FILE, enqueue_presets, make_searcher, open_storage, prepare_study
+from searchsr.study import FAILURE_FILE, enqueue_presets, make_searcher, mask_url, open_storage, prepare_study
 
 LATENCY_SIZE = (128, 128)  # LR input for search-time latency; `searchsr profile` does any size
 
@@ -165,6 +165,9 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
                           settings.trials)
     enqueue_presets(study, settings.space, list(settings.enqueue))
+    print(f"study {settings.study!r} in {mask_url(settings.storage)}: {len(study.trials)} trial(s) so far, "
+          f"{settings.trials} new; objectives {','.join(o.name for o in settings.objectives)}, sampler "
+          f"{settings.sampler}, schedule {settings.schedule}", file=sys.stderr)
     if not settings.verbose:
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

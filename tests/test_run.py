@@ -26,19 +26,19 @@ def _searchsr(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def _run_args(tmp: Path, trials: int, *extra: str) -> list[str]:
     return ["run", "--space", str(ROOT / "spaces" / "tiny.yaml"), "--schedule", "smoke", "--trials", str(trials),
             "--storage", f"sqlite:///{tmp}/s.db", "--runs-dir", str(tmp / "runs"), "--study", "t",
-            "--latency-runs", "2", "--sampler", "random", *extra]
+            "--latency-runs", "2", "--sampler", "random", "--objectives", "psnr,latency", *extra]
 
 
 @pytest.mark.slow
 def test_run_records_everything_and_continues(tmp_path: Path) -> None:
-    first = _searchsr(*_run_args(tmp_path, 3))
+    first = _searchsr(*_run_args(tmp_path, 4))
     assert first.returncode == 0, first.stderr[-2000:]
     assert "Pareto front of study 't'" in first.stdout and "hypervolume" in first.stdout
     assert "Traceback" not in first.stderr
     study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
     assert study.metric_names == ["psnr", "latency"]
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(study.trials) == 3 and len(complete) == 3
+    assert len(study.trials) == 4 and len(complete) == 4
     xlite = [t for t in complete if t.user_attrs.get("preset") == "xlite"]
     assert len(xlite) == 1 and xlite[0].user_attrs["params"] == 17979
     for trial in complete:
@@ -50,12 +50,12 @@ def test_run_records_everything_and_continues(tmp_path: Path) -> None:
     second = _searchsr(*_run_args(tmp_path, 2))  # same study: continues, xlite not queued again
     assert second.returncode == 0, second.stderr[-2000:]
     study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
-    assert len(study.trials) == 5
+    assert len(study.trials) == 6
     assert sum(t.user_attrs.get("preset") == "xlite" for t in study.trials) == 1
 
     out = _searchsr("front", "--study", "t", "--storage", f"sqlite:///{tmp_path}/s.db", "--json")
     records = json.loads(out.stdout)
-    assert records and all({"number", "psnr", "latency", "arch"} <= set(r) for r in records)
+    assert out.returncode == 0 and records and all({"number", "psnr", "latency", "arch"} <= set(r) for r in records)
     front_numbers = {t.number for t in study.best_trials}
     assert {r["number"] for r in records} == front_numbers
     csv = _searchsr("front", "--study", "t", "--storage", f"sqlite:///{tmp_path}/s.db", "--csv")
@@ -98,3 +98,29 @@ def test_continuing_with_other_objectives_is_refused(tmp_path: Path) -> None:
     prepare_study("x", storage, parse_objectives("psnr,latency"), "tpe", 0, 4)
     with pytest.raises(ValueError, match="optimises psnr,latency, not psnr,flops"):
         prepare_study("x", storage, parse_objectives("psnr,flops"), "tpe", 0, 4)
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--objectives", "psnr,flops"), "optimises psnr,latency, not psnr,flops"),
+    (("--space", str(ROOT / "tests" / "test_run.py")), "test_run.py"),
+])
+def test_bad_input_leaves_an_existing_storage_untouched(tmp_path: Path, change: tuple[str, str],
+                                                        message: str) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    prepare_study("t", storage, parse_objectives("psnr,latency"), "random", 0, 1)
+    storage.remove_session()
+    storage.engine.dispose()
+    before = (tmp_path / "s.db").read_bytes()
+    args = _run_args(tmp_path, 1)
+    args[args.index(change[0]) + 1] = change[1]
+    out = _searchsr(*args)
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert (tmp_path / "s.db").read_bytes() == before and not (tmp_path / "runs").exists()
+
+
+def test_unreachable_storage_is_one_line(tmp_path: Path) -> None:
+    args = _run_args(tmp_path, 1)
+    args[args.index("--storage") + 1] = "postgresql+psycopg://me:pw@127.0.0.1:9/none"
+    out = _searchsr(*args)
+    assert out.returncode == 2 and "cannot open storage" in out.stderr and "pw@" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
