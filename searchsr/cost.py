@@ -64,6 +64,7 @@ class LatencyStats:
     runs: int
     threads: int
     device: str
+    samples_ms: tuple[float, ...] = ()
 
 
 def count_params(model: nn.Module) -> int:
@@ -169,7 +170,8 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
 
 def _stats(samples: list[float], threads: int, device: torch.device) -> LatencyStats:
     q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (samples[0],) * 3
-    return LatencyStats(statistics.median(samples), q3 - q1, min(samples), len(samples), threads, device.type)
+    return LatencyStats(statistics.median(samples), q3 - q1, min(samples), len(samples), threads, device.type,
+                        tuple(samples))
 
 
 def prepare_for_timing(model: nn.Module) -> nn.Module:
@@ -208,6 +210,10 @@ def measure_latency(models: list[nn.Module], lr_size: tuple[int, int] = (256, 25
 
 
 def latency_ratio(model: nn.Module, reference: nn.Module, **kwargs) -> tuple[float, LatencyStats, LatencyStats]:
-    """Latency of ``model`` as a multiple of ``reference`` (e.g. XLITE), measured interleaved."""
+    """Latency of ``model`` as a multiple of ``reference`` (e.g. XLITE), measured interleaved.
+
+    The median of the per-pair ratios: each pair ran back to back under the same load,
+    so a burst of contention that slows one pair cancels out of its ratio.
+    """
     own, ref = measure_latency([model, reference], **kwargs)
-    return own.median_ms / ref.median_ms, own, ref
+    return statistics.median(a / b for a, b in zip(own.samples_ms, ref.samples_ms)), own, ref

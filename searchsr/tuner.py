@@ -155,6 +155,22 @@ def _reason(trial: Any) -> str:
     return path.read_text().strip().splitlines()[0][:200] if path.is_file() else "worker died"
 
 
+def start_ray(address: str | None, verbose: bool) -> bool:
+    """Join ``address`` or start a local Ray, quietly unless ``verbose``; True if we started it."""
+    import ray
+
+    if not verbose:
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # failures get our own one-liners
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=verbose)
+    return True
+
+
 def run_search(settings: SearchSettings) -> optuna.Study:
     """Run ``settings.trials`` new trials of the study (created or continued)."""
     import ray
@@ -168,16 +184,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     print(f"study {settings.study!r} in {mask_url(settings.storage)}: {len(study.trials)} trial(s) so far, "
           f"{settings.trials} new; objectives {','.join(o.name for o in settings.objectives)}, sampler "
           f"{settings.sampler}, schedule {settings.schedule}", file=sys.stderr)
-    if not settings.verbose:
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)  # failures get our own one-liners
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=settings.address, include_dashboard=False, log_to_driver=settings.verbose,
-                 logging_level=logging.INFO if settings.verbose else logging.ERROR,
-                 configure_logging=settings.verbose)
+    started_ray = start_ray(settings.address, settings.verbose)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         concurrency = settings.concurrency or max(1, cpus // max(1, settings.cpus_per_trial))

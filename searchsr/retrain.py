@@ -1,0 +1,281 @@
+"""Retrain chosen trials (and the paper's LITE/XLITE) with one schedule, then compare.
+
+One Ray Tune trial per network (one GPU each where there are GPUs), each resumable from
+its run folder's checkpoint: rerunning the same command continues where it stopped.
+Every network is scored on every benchmark folder and costed by the same ``CostMeter``
+the search used. The comparison (``ComparisonRow`` objects -> pandas) is written as CSV
+and Markdown, written back to the study as ``retrain_*`` user attributes, and the search
+proxy's fidelity is reported as Kendall tau / Spearman rho between short-schedule PSNR
+and retrained PSNR.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+from scipy import stats
+
+from searchsr.arch import PRESETS, ArchConfig, build_model
+from searchsr.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class Job:
+    """One network to retrain: a study trial or a paper baseline."""
+
+    name: str  # "trial_12" or "lite" — also the run folder's name
+    arch: ArchConfig
+    trial: int | None
+    short_psnr: float | None  # the search's proxy score (None for a baseline not in the study)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How far the search's ranking can be trusted: rank agreement, proxy vs retrained PSNR."""
+
+    kendall_tau: float
+    spearman_rho: float
+    models: int
+    benchmark: str
+
+
+def select_jobs(study: optuna.Study, trials: list[int] | None, front: bool, baselines: list[str]) -> list[Job]:
+    """Validate the request against the study; unknown or unfinished trials are errors."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    chosen = sorted(t.number for t in study.best_trials) if front else list(trials or [])
+    if not chosen and not baselines:
+        raise ValueError("nothing to retrain: give --trials, --front or --baselines")
+    jobs = []
+    for number in chosen:
+        trial = by_number.get(number)
+        if trial is None:
+            raise ValueError(f"study {study.study_name!r} has no trial {number}")
+        if trial.state != TrialState.COMPLETE or "arch" not in trial.user_attrs:
+            raise ValueError(f"trial {number} is {trial.state.name}, not a completed search trial")
+        jobs.append(Job(f"trial_{number}", ArchConfig.from_dict(trial.user_attrs["arch"]), number,
+                        trial.user_attrs.get("psnr")))
+    for name in baselines:
+        if name not in PRESETS:
+            raise ValueError(f"--baselines: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        match = [t for t in by_number.values() if t.state == TrialState.COMPLETE
+                 and t.user_attrs.get("arch") == PRESETS[name].to_dict()]
+        if not any(job.arch == PRESETS[name] for job in jobs):
+            jobs.append(Job(name, PRESETS[name], match[0].number if match else None,
+                            match[0].user_attrs.get("psnr") if match else None))
+    return jobs
+
+
+def estimate_seconds(jobs: list[Job], schedule: Schedule, concurrency: int, probe_steps: int = 2) -> float:
+    """Wall-time estimate: a few timed training steps per network, scaled to the schedule."""
+    import torch
+    import torch.nn.functional as F
+
+    total = 0.0
+    scale = jobs[0].arch.scale
+    for job in jobs:
+        model = build_model(job.arch).train()
+        optimizer = torch.optim.Adam(model.parameters())
+        lr = torch.rand(schedule.batch_size, 3, schedule.patch_size, schedule.patch_size)
+        hr = torch.rand(schedule.batch_size, 3, schedule.patch_size * scale, schedule.patch_size * scale)
+        times = []
+        for _ in range(probe_steps + 1):
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            F.l1_loss(model(lr), hr).backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        total += min(times[1:]) * schedule.steps
+    return total / max(1, min(concurrency, len(jobs)))
+
+
+def retrain_trial(config: dict[str, Any], meter: Any) -> None:
+    """Ray Tune trainable: train (resuming), score on every benchmark, cost; reports once."""
+    import ray
+    import torch
+    from ray import tune
+
+    from searchsr.data import load_folder, load_images
+    from searchsr.evaluate import evaluate, model_upscaler
+    from searchsr.schedule import load_schedule
+    from searchsr.train import load_trained, train
+
+    cfg = ArchConfig.from_dict(config["arch"])
+    torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
+    run_dir = Path(config["out"]) / config["name"]
+    schedule = load_schedule(config["schedule"])
+    if not (run_dir / "result.json").is_file():
+        train_set = load_images(config["train_dir"], "train", cfg.scale)
+        val_set = load_images(config["val_dir"], "val", cfg.scale)
+        train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
+              resume=(run_dir / "config.json").is_file(), progress=False)
+    _, model = load_trained(run_dir)
+    scores = {}
+    for bench in config["bench"]:
+        result = evaluate(model_upscaler(model), load_folder(bench, cfg.scale))
+        scores[Path(bench).name] = {"psnr_y": result.psnr_y, "ssim_y": result.ssim_y}
+    costs = ray.get(meter.measure.remote(cfg.to_dict()))
+    tune.report({"name": config["name"], "scores_json": json.dumps(scores), "costs_json": json.dumps(costs)})
+
+
+def comparison_table(jobs: list[Job], scores: dict[str, dict], costs: dict[str, dict]) -> pd.DataFrame:
+    """One row per network: benchmark PSNR-Y/SSIM-Y, costs, proxy PSNR, baselines it dominates."""
+    rows = []
+    for job in jobs:
+        row: dict[str, Any] = {"model": job.name, "trial": job.trial, "nf": job.arch.nf, "N": job.arch.n_blocks,
+                               "arch": job.arch.to_json()}
+        for bench, s in scores[job.name].items():
+            row[f"{bench}_psnr_y"], row[f"{bench}_ssim_y"] = s["psnr_y"], s["ssim_y"]
+        c = costs[job.name]
+        row.update(params=c["params"], flops_g=c["flops"] / 1e9, latency_ms=c["latency_ms"],
+                   latency_ratio_xlite=c["latency_ratio"], short_psnr=job.short_psnr)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    psnr_cols = [c for c in table.columns if c.endswith("_psnr_y")]
+    baseline_rows = table[table["model"].isin(list(PRESETS))]
+    table["dominates"] = [", ".join(b["model"] for _, b in baseline_rows.iterrows()
+                                    if b["model"] != r["model"] and _dominates(r, b, psnr_cols))
+                          for _, r in table.iterrows()]
+    return table
+
+
+def _dominates(a: pd.Series, b: pd.Series, psnr_cols: list[str]) -> bool:
+    """Better or equal on every benchmark PSNR and on latency and FLOPs, strictly better on one."""
+    better_eq = all(a[c] >= b[c] for c in psnr_cols) and a["latency_ms"] <= b["latency_ms"] \
+        and a["flops_g"] <= b["flops_g"]
+    strictly = any(a[c] > b[c] for c in psnr_cols) or a["latency_ms"] < b["latency_ms"] or a["flops_g"] < b["flops_g"]
+    return better_eq and strictly
+
+
+def proxy_fidelity(table: pd.DataFrame) -> Fidelity | None:
+    """Rank agreement on the first benchmark; None with fewer than 3 models that have both scores."""
+    psnr_cols = [c for c in table.columns if c.endswith("_psnr_y")]
+    if not psnr_cols:
+        return None
+    pairs = table[["short_psnr", psnr_cols[0]]].dropna()
+    if len(pairs) < 3:
+        return None
+    tau = stats.kendalltau(pairs["short_psnr"], pairs[psnr_cols[0]]).statistic
+    rho = stats.spearmanr(pairs["short_psnr"], pairs[psnr_cols[0]]).statistic
+    return Fidelity(float(tau), float(rho), len(pairs), psnr_cols[0].removesuffix("_psnr_y"))
+
+
+def write_outputs(table: pd.DataFrame, fidelity: Fidelity | None, out: Path) -> tuple[Path, Path]:
+    csv_path, md_path = out / "comparison.csv", out / "comparison.md"
+    table.to_csv(csv_path, index=False)
+    lines = [table.drop(columns=["arch"]).to_markdown(index=False, floatfmt=".4g"), ""]
+    lines.append(f"Proxy fidelity on {fidelity.benchmark} over {fidelity.models} models: Kendall tau "
+                 f"{fidelity.kendall_tau:.3f}, Spearman rho {fidelity.spearman_rho:.3f}" if fidelity
+                 else "Proxy fidelity: fewer than 3 models with both a search and a retrained score.")
+    md_path.write_text("\n".join(lines) + "\n")
+    (out / "fidelity.json").write_text(json.dumps(asdict(fidelity) if fidelity else None) + "\n")
+    return csv_path, md_path
+
+
+def write_back(study: optuna.Study, table: pd.DataFrame, csv_path: Path) -> None:
+    """Retrained metrics on the study (finished trials are read-only in Optuna's storage):
+    ``retrain_results`` maps each retrained trial number to its row, ``retrain_table`` is the CSV."""
+    results = {str(int(row["trial"])): {k: v for k, v in row.items() if k != "arch" and not _is_nan(v)}
+               for _, row in table.iterrows() if not _is_nan(row["trial"])}
+    study.set_user_attr("retrain_results", json.loads(json.dumps(results, default=float)))
+    study.set_user_attr("retrain_table", str(csv_path.resolve()))
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    study: str
+    storage: str
+    trials: list[int] | None
+    front: bool
+    baselines: list[str]
+    schedule: str
+    train_dir: str | None
+    val_dir: str | None
+    bench: list[str]
+    out: Path
+    seed: int = 0
+    cpus_per_trial: int = 1
+    gpus_per_trial: float = 0
+    address: str | None = None
+    latency_runs: int = 10
+    verbose: bool = False
+
+
+def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | None, Path]:
+    """Validate, estimate, retrain in parallel under Ray Tune, compare, write, write back."""
+    import ray
+    from ray import tune
+
+    from searchsr.data import load_folder, load_images
+    from searchsr.schedule import load_schedule
+    from searchsr.study import load_study, open_storage
+    from searchsr.tuner import CostMeter, start_ray
+
+    study = load_study(settings.study, open_storage(settings.storage))
+    jobs = select_jobs(study, settings.trials, settings.front, settings.baselines)
+    schedule = load_schedule(settings.schedule)
+    scale = jobs[0].arch.scale
+    load_images(settings.train_dir, "train", scale)
+    load_images(settings.val_dir, "val", scale)
+    for bench in settings.bench:
+        load_folder(bench, scale)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    started = start_ray(settings.address, settings.verbose)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        gpus_per_trial = settings.gpus_per_trial or (1 if gpus else 0)
+        slots = int(gpus // gpus_per_trial) if gpus_per_trial else int(ray.cluster_resources().get("CPU", 1))
+        concurrency = max(1, min(len(jobs), slots // (1 if gpus_per_trial else settings.cpus_per_trial)))
+        pending = [j for j in jobs if not (settings.out / j.name / "result.json").is_file()]
+        if pending and not gpus:
+            eta = estimate_seconds(pending, schedule, concurrency)
+            say(f"retraining {len(pending)} of {len(jobs)} network(s) with schedule {schedule.name} on CPU, "
+                f"{concurrency} at a time: estimated {eta / 3600:.1f} h ({eta:.0f} s) before evaluation")
+        meter = ray.remote(num_cpus=0, max_concurrency=1)(CostMeter).remote(1, settings.latency_runs)
+        config = {"out": str(settings.out.resolve()), "schedule": settings.schedule, "train_dir": settings.train_dir,
+                  "val_dir": settings.val_dir, "bench": [str(Path(b).resolve()) for b in settings.bench],
+                  "seed": settings.seed, "cpus_per_trial": settings.cpus_per_trial,
+                  "name": tune.grid_search([j.name for j in jobs])}
+        arch_by_name = {j.name: j.arch.to_dict() for j in jobs}
+        trainable = tune.with_resources(
+            tune.with_parameters(_with_arch, meter=meter, arch_by_name=arch_by_name),
+            {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial})
+        tuner = tune.Tuner(trainable, param_space=config,
+                           tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+                           run_config=tune.RunConfig(name=f"retrain-{int(time.time())}", verbose=0,
+                                                     storage_path=str((settings.out / "ray").resolve())))
+        grid = tuner.fit()
+        failed = [r for r in grid if r.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} retraining trial(s) failed; rerun the command to resume them "
+                               f"(first error: {str(failed[0].error).splitlines()[-1][:300]})")
+        scores = {r.metrics["name"]: json.loads(r.metrics["scores_json"]) for r in grid}
+        costs = {r.metrics["name"]: json.loads(r.metrics["costs_json"]) for r in grid}
+    finally:
+        if started:
+            ray.shutdown()
+    table = comparison_table(jobs, scores, costs)
+    fidelity = proxy_fidelity(table)
+    csv_path, _ = write_outputs(table, fidelity, settings.out)
+    write_back(study, table, csv_path)
+    return table, fidelity, csv_path
+
+
+def _with_arch(config: dict[str, Any], meter: Any, arch_by_name: dict[str, dict]) -> None:
+    retrain_trial({**config, "arch": arch_by_name[config["name"]]}, meter)
