@@ -14,10 +14,11 @@ Optuna. Design choices, each against a known pitfall:
   fixed thread count, and always interleaved with XLITE: ``latency_ratio`` (to XLITE) is
   steady even while other trials load the machine, and ``latency_ms`` is that ratio times
   the XLITE reference the meter timed once, before any trial started.
-* Crash and resume. The driver records an Optuna heartbeat for each trial it owns; a
-  rerun fails trials whose heartbeat went stale (a killed driver), which re-queues their
-  parameters through ``RetryFailedTrialCallback`` (Optuna's own mechanism, not
-  ``Tuner.restore``), so a study continued from the storage reaches the requested count.
+* Crash and resume, from the Optuna study (not ``Tuner.restore``: the storage is the
+  state, and it is shared by every driver). The driver records an Optuna heartbeat for
+  each trial it owns; a rerun fails the trials whose heartbeat went stale (a killed
+  driver), records why, and re-queues their parameters (Optuna's heartbeat mechanism
+  with our ``requeue`` callback), so nothing completed is touched or repeated.
 * Samplers are rebuilt on every run, seeded with ``seed + number of trials so far``:
   the same seed again would replay the first run's random draws.
 * Parallel random start-up (ray#52535): concurrency defaults to what the CPUs allow and
@@ -33,15 +34,17 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
 from searchsr.space import Constraint, Objective, SearchSpace, sample, set_constraints, to_params
 
 DEFAULT_STORAGE = "sqlite:///studies/searchsr.db"
 DEFAULT_STUDY = "searchsr"
-HEARTBEAT_S = 15
-GRACE_S = 60
+STALE_AFTER_S = 60  # a RUNNING trial without heartbeat this long lost its driver
+MAX_RETRIES = 3
 FAILURE_FILE = "failure.txt"
 SAMPLERS = ("nsga2", "tpe", "random")
 
@@ -54,7 +57,7 @@ def mask_url(url: str) -> str:
         return "<invalid storage URL>"
 
 
-def open_storage(url: str) -> RDBStorage:
+def open_storage(url: str, stale_after: int = STALE_AFTER_S) -> RDBStorage:
     """An RDB storage with heartbeats; any failure is one line with the URL masked."""
     try:
         parsed = make_url(url)
@@ -63,12 +66,34 @@ def open_storage(url: str) -> RDBStorage:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                          engine_kwargs={"pool_pre_ping": True})
+        return RDBStorage(url, heartbeat_interval=max(1, stale_after // 4), grace_period=stale_after,
+                          heartbeat_stale_trial_callback=requeue, engine_kwargs={"pool_pre_ping": True})
     except Exception as err:  # sqlalchemy/driver errors name the URL, password included
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"cannot open storage {mask_url(url)}: {first.replace(url, mask_url(url))}") from None
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Give a trial that lost its driver another go with the same parameters (up to MAX_RETRIES)."""
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries < MAX_RETRIES:
+        attrs = {"retry_of": trial.number, "retries": retries + 1}
+        if "preset" in trial.user_attrs:
+            attrs["preset"] = trial.user_attrs["preset"]
+        study.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """RUNNING trials whose heartbeat stopped (a killed or lost driver): FAIL with the reason, re-queued."""
+    storage = study._storage
+    grace = storage.get_heartbeat_interval() and getattr(storage, "_backend", storage).grace_period
+    reason = f"no heartbeat for {grace} s: the driver running it was killed or lost"
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        except UpdateFinishedTrialError:  # another driver got there first
+            pass
+    optuna.storages.fail_stale_trials(study)
 
 
 def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -107,7 +132,7 @@ def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, .
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(sampler, seed + offset, n_trials))
     study.set_metric_names(names)
-    optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)
     return study
 
 
@@ -130,7 +155,7 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat").start()
 
         def _beat(self) -> None:
-            while not self._stop.wait(HEARTBEAT_S / 3):
+            while not self._stop.wait(study._storage.get_heartbeat_interval() / 2):
                 for ot_trial in list(self._ot_trials.values()):
                     if ot_trial.number not in self._finished_numbers():
                         study._storage.record_heartbeat(ot_trial._trial_id)

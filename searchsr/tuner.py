@@ -47,6 +47,7 @@ class SearchSettings:
     latency_runs: int = 10
     latency_threads: int = 1
     max_failures: int = 0  # 0: never stop because trials fail
+    stale_after: int = 60  # seconds without heartbeat before a RUNNING trial counts as lost
     verbose: bool = False
 
 
@@ -177,7 +178,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    storage = open_storage(settings.storage)
+    storage = open_storage(settings.storage, settings.stale_after)
     study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
                           settings.trials)
     enqueue_presets(study, settings.space, list(settings.enqueue))

@@ -1,0 +1,70 @@
+"""A search survives being killed: nothing completed is lost or repeated, lost trials are re-queued."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from searchsr.study import load_study, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(tmp: Path, trials: int) -> list[str]:
+    return [sys.executable, "-m", "searchsr.cli", "run", "--space", str(ROOT / "spaces" / "tiny.yaml"),
+            "--schedule", "smoke", "--trials", str(trials), "--storage", f"sqlite:///{tmp}/s.db",
+            "--runs-dir", str(tmp / "runs"), "--study", "crash", "--latency-runs", "2", "--sampler", "random",
+            "--concurrency", "2", "--stale-after", "4", "--enqueue", ""]
+
+
+def _states(tmp: Path) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return load_study("crash", open_storage(f"sqlite:///{tmp}/s.db")).get_trials(deepcopy=False)
+    except ValueError:
+        return []
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    driver = subprocess.Popen(_args(tmp_path, 8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        trials = _states(tmp_path)
+        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
+            break
+        time.sleep(0.3)
+    else:
+        driver.kill()
+        pytest.fail("the study never had completed and running trials at once")
+    os.killpg(driver.pid, signal.SIGKILL)  # driver and the local Ray it started
+    driver.wait()
+    before = {t.number: t for t in _states(tmp_path)}
+    completed = {n: t for n, t in before.items() if t.state == TrialState.COMPLETE}
+    lost = {n: t for n, t in before.items() if t.state == TrialState.RUNNING}
+    assert completed and lost
+    time.sleep(5)  # past --stale-after
+
+    rerun = subprocess.run(_args(tmp_path, 3), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = {t.number: t for t in _states(tmp_path)}
+    for number, trial in completed.items():  # untouched
+        assert after[number].state == TrialState.COMPLETE
+        assert (after[number].values, after[number].user_attrs) == (trial.values, trial.user_attrs)
+    for number, trial in lost.items():
+        assert after[number].state == TrialState.FAIL
+        assert "no heartbeat" in after[number].user_attrs["fail_reason"]
+        retries = [t for t in after.values() if t.user_attrs.get("retry_of") == number]
+        assert len(retries) == 1 and retries[0].params == trial.params  # re-queued exactly once
+        assert retries[0].state == TrialState.COMPLETE
+    new_complete = [t for n, t in after.items() if n not in before and t.state == TrialState.COMPLETE]
+    assert len(new_complete) == 3  # --trials 3: the re-queued ones first
+    assert not [t for t in after.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
