@@ -189,7 +189,7 @@ def _search_settings(args: argparse.Namespace):
     from searchsr.data import load_images
     from searchsr.schedule import load_schedule
     from searchsr.space import Constraint, load_space, parse_objectives
-    from searchsr.study import SAMPLERS, mask_url
+    from searchsr.study import SAMPLERS
     from searchsr.tuner import SearchSettings
 
     space = load_space(args.space)
@@ -204,7 +204,7 @@ def _search_settings(args: argparse.Namespace):
         raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
     for name, value, low in (("--trials", args.trials, 1), ("--cpus-per-trial", args.cpus_per_trial, 1),
                              ("--concurrency", args.concurrency, 0), ("--seed", args.seed, 0),
-                             ("--max-failures", args.max_failures, 0)):
+                             ("--max-failures", args.max_failures, 0), ("--stale-after", args.stale_after, 2)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if args.gpus_per_trial < 0:
@@ -223,7 +223,7 @@ def _search_settings(args: argparse.Namespace):
                           val_dir=args.val_dir, runs_root=Path(args.runs_dir) / args.study, enqueue=enqueue,
                           cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                           concurrency=args.concurrency, address=args.address, latency_runs=args.latency_runs,
-                          max_failures=args.max_failures, verbose=args.verbose), mask_url(args.storage)
+                          max_failures=args.max_failures, stale_after=args.stale_after, verbose=args.verbose)
 
 
 def _print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
@@ -249,11 +249,7 @@ def _print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from searchsr.tuner import run_search
 
-    settings, storage = _search_settings(args)
-    print(f"study {settings.study!r} in {storage}: {settings.trials} new trial(s), objectives "
-          f"{','.join(o.name for o in settings.objectives)}, sampler {settings.sampler}, "
-          f"schedule {settings.schedule}", file=sys.stderr)
-    study = run_search(settings)
+    study = run_search(_search_settings(args))
     _print_front(study)
     return 0
 
@@ -261,8 +257,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_front(args: argparse.Namespace) -> int:
     from searchsr.study import load_study, open_storage
 
-    study = load_study(args.study, open_storage(args.storage))
+    study = load_study(args.study, open_storage(args.storage, create=False))
     _print_front(study, as_json=args.json, as_csv=args.csv)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from searchsr.dashboard import run_dashboard
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {args.port}")
+    return run_dashboard(args.storage, args.study, args.host, args.port, say=lambda m: print(m, flush=True))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from searchsr.dashboard import ReadOnlyStorage, name_objectives
+    from searchsr.report import check_out, compute_report, render, write_report
+    from searchsr.study import load_study, mask_url
+
+    check_out(args.out)  # fail before reading the study
+    storage = ReadOnlyStorage(args.storage)  # a report never writes to (or locks) a live study
+    study = load_study(args.study, storage)
+    frozen = [s for s in storage.get_all_studies() if s.study_name == args.study]
+    for message in name_objectives(args.storage, storage, frozen, save=False):
+        print(message, file=sys.stderr)
+    data = compute_report(study, mask_url(args.storage))
+    path = write_report(render(data), args.out)
+    print(f"report of study {args.study!r} ({len(data.trials)} complete trials, {len(data.front.points)} on the "
+          f"front) written to {path}")
     return 0
 
 
@@ -317,8 +339,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.checkpoint:
         cfg, model, provenance = load_run(args.checkpoint)
     else:
-        raise UsageError("export --study is not available yet (searchsr.study has no trial loader); "
-                         "export the trial's run folder with --checkpoint RUN")
+        from searchsr.study import DEFAULT_STORAGE, load_study, open_storage, trial_run_dir
+
+        study = load_study(args.study, open_storage(args.storage or DEFAULT_STORAGE, create=False))
+        cfg, model, provenance = load_run(trial_run_dir(study, args.trial))
+        provenance["source"] = {**provenance["source"], "kind": "study", "study": args.study, "trial": args.trial}
     card = export_model(cfg, model, args.out, formats, provenance)
     print(json.dumps(card) if args.json else summary(card, args.out))
     return 0
@@ -424,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
     p.add_argument("--max-failures", type=int, default=0, help="stop after this many failed trials (0: never)")
+    p.add_argument("--stale-after", type=int, default=60, metavar="SECONDS",
+                   help="a RUNNING trial without heartbeat this long lost its driver: on the next run it is "
+                        "marked FAIL and its parameters re-queued (default: 60)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress")
     p.set_defaults(func=cmd_run)
 
@@ -434,6 +462,25 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="a JSON list, one object per front trial")
     fmt.add_argument("--csv", action="store_true", help="CSV table")
     p.set_defaults(func=cmd_front)
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard on a study's storage, read-only (safe during a search)",
+                       description="Serve optuna-dashboard on the storage, opened read-only so that viewing a "
+                                   "live SQLite study never blocks the search writing it. Bound to loopback "
+                                   "by default; Ctrl-C stops it.")
+    p.add_argument("--study", help="open this study's page (default: the list of all studies)")
+    p.add_argument("--storage", default="sqlite:///studies/searchsr.db", help="SQLAlchemy URL")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a study (plotly, works offline)",
+                       description="Pareto fronts per objective pair with the paper's LITE/XLITE marked, PSNR "
+                                   "vs FLOPs/params against the paper's Table 2 family, parallel coordinates, "
+                                   "hypervolume over trials, parameter importances and the retrain table.")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", default="sqlite:///studies/searchsr.db", help="SQLAlchemy URL")
+    p.add_argument("--out", required=True, help="HTML file to write, e.g. dashboards/NAME.html")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="write a trained network as YAML, safetensors, ONNX and TorchScript, "
                                       "verified, with a model card",

@@ -187,6 +187,7 @@ def write_back(study: optuna.Study, table: pd.DataFrame, csv_path: Path) -> None
                for _, row in table.iterrows() if not _is_nan(row["trial"])}
     study.set_user_attr("retrain_results", json.loads(json.dumps(results, default=float)))
     study.set_user_attr("retrain_table", str(csv_path.resolve()))
+    study.set_user_attr("retrain_out", str(csv_path.parent.resolve()))
 
 
 def _is_nan(value: Any) -> bool:
@@ -227,7 +228,7 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     from searchsr.study import load_study, open_storage
     from searchsr.tuner import CostMeter, start_ray
 
-    study = load_study(settings.study, open_storage(settings.storage))
+    study = load_study(settings.study, open_storage(settings.storage, create=False))
     jobs = select_jobs(study, settings.trials, settings.front, settings.baselines)
     schedule = load_schedule(settings.schedule)
     scale = jobs[0].arch.scale

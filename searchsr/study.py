@@ -57,13 +57,19 @@ def mask_url(url: str) -> str:
         return "<invalid storage URL>"
 
 
-def open_storage(url: str, stale_after: int = STALE_AFTER_S) -> RDBStorage:
-    """An RDB storage with heartbeats; any failure is one line with the URL masked."""
+def open_storage(url: str, stale_after: int = STALE_AFTER_S, create: bool = True) -> RDBStorage:
+    """An RDB storage with heartbeats; any failure is one line with the URL masked.
+
+    ``create=False`` (commands that only read a study) refuses a missing SQLite file
+    instead of leaving an empty database behind.
+    """
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise ValueError(f"--storage: not an SQLAlchemy URL: {mask_url(url)}") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not create and not Path(parsed.database).is_file():
+            raise ValueError(f"no study storage at {parsed.database}")
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         return RDBStorage(url, heartbeat_interval=max(1, stale_after // 4), grace_period=stale_after,
@@ -231,3 +237,17 @@ def enqueue_presets(study: optuna.Study, space: SearchSpace, names: list[str]) -
             study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
             queued.append(name)
     return queued
+
+
+def trial_run_dir(study: optuna.Study, number: int) -> Path:
+    """The run folder holding a trial's weights: its retrained one when ``retrain`` made it, else the search's."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ValueError(f"study {study.study_name!r} has no trial {number}")
+    trial = trials[number]
+    if trial.state != optuna.trial.TrialState.COMPLETE or "run_dir" not in trial.user_attrs:
+        raise ValueError(f"trial {number} is {trial.state.name}: only completed trials have trained weights")
+    retrained = study.user_attrs.get("retrain_out")
+    if retrained and (Path(retrained) / f"trial_{number}" / "weights.safetensors").is_file():
+        return Path(retrained) / f"trial_{number}"
+    return Path(trial.user_attrs["run_dir"])

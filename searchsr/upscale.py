@@ -80,21 +80,28 @@ class OnnxModel:
                 y = self.full.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(t.window(x))})[0]
                 yield t.target(s), y[(..., *t.core(s))]
             return
-        means = np.zeros((self.n_se, self.channels), np.float32)
-        for k in range(self.n_se):  # layer k's mean needs the means of layers < k
-            total = np.zeros(self.channels, np.float64)
-            for t in tiles:
-                window = np.ascontiguousarray(t.window(x))
-                mask = np.zeros((1, 1, *window.shape[-2:]), np.float32)
-                mask[(..., *t.core())] = 1
-                sums = self.stats_session.run(["se_sums"], {INPUT_NAME: window, "se_means": means,
-                                                            "core_mask": mask})[0]
-                total += sums[k]
-            means[k] = (total / (h * w)).astype(np.float32)
+        means = self.se_means(x, tiles)
         for t in tiles:
             window = np.ascontiguousarray(t.window(x))
             y = self.tiles_session.run([OUTPUT_NAME], {INPUT_NAME: window, "se_means": means})[0]
             yield t.target(s), y[(..., *t.core(s))]
+
+    def se_means(self, x: np.ndarray, tiles: list) -> np.ndarray:
+        """Image-wide mean of every SE layer's input (one row per layer), one sweep over the tiles per
+        layer: layer k's input depends on the gates, hence the means, of layers 0..k-1."""
+        h, w = x.shape[-2:]
+        means = np.zeros((self.n_se, self.channels), np.float32)
+        for k in range(self.n_se):
+            total = np.zeros(self.channels, np.float64)
+            for t in tiles:
+                window = np.ascontiguousarray(t.window(x))
+                mask = np.zeros((1, 1, *window.shape[-2:]), np.float32)
+                mask[(..., *t.core())] = 1  # each pixel counted once, by the tile that owns it
+                sums = self.stats_session.run(["se_sums"], {INPUT_NAME: window, "se_means": means,
+                                                            "core_mask": mask})[0]
+                total += sums[k]
+            means[k] = (total / (h * w)).astype(np.float32)
+        return means
 
     def forward(self, x: np.ndarray, tile: int) -> np.ndarray:
         """The whole float32 output (1x3x(sH)x(sW)), assembled from tiles."""
@@ -198,12 +205,18 @@ def _writable_dir(out_dir: Path) -> None:
 
 def _save_png(img: np.ndarray, path: Path) -> None:
     """Write atomically: a complete PNG or nothing under ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot write ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(img).save(f, format="PNG")
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise ValueError(f"{path}: cannot write ({err.strerror or err})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -264,7 +277,10 @@ def upscale_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
         targets[path] = target
     _writable_dir(out_dir)
     model = load_model(model_dir, backend)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{out_dir}: cannot create the output folder ({err.strerror or err})") from None
     results = []
     for path, target in targets.items():
         start = time.perf_counter()
