@@ -363,6 +363,35 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from searchsr.retrain import RetrainSettings, run_retrain
+
+    trials = None
+    if args.trials:
+        try:
+            trials = [int(t) for t in args.trials.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--trials takes trial numbers like 12,31, got {args.trials!r}") from None
+    if args.cpus_per_trial < 1:
+        raise UsageError(f"--cpus-per-trial must be >= 1, got {args.cpus_per_trial}")
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    table, fidelity, csv_path = run_retrain(RetrainSettings(
+        study=args.study, storage=args.storage, trials=trials, front=args.front, baselines=baselines,
+        schedule=args.schedule, train_dir=args.train_dir, val_dir=args.val_dir, bench=args.bench or [],
+        out=Path(args.out), seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        address=args.address, verbose=args.verbose))
+    print(table.drop(columns=["arch"]).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    if fidelity:
+        print(f"proxy fidelity on {fidelity.benchmark} ({fidelity.models} models): Kendall tau "
+              f"{fidelity.kendall_tau:.3f}, Spearman rho {fidelity.spearman_rho:.3f}")
+    else:
+        print("proxy fidelity: fewer than 3 models with both a search and a retrained score")
+    print(f"written: {csv_path} and {csv_path.with_suffix('.md')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchsr",
@@ -514,6 +543,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: ONNX Runtime on model.onnx; torch: arch.yaml + weights.safetensors (default: onnx)")
     p.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
     p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("retrain", help="retrain front trials and LITE/XLITE with one schedule, compare, write back",
+                       description="Retrain chosen trials' architectures and the paper's baselines with the same "
+                                   "schedule and data (one Ray Tune trial per network, resumable: rerun to "
+                                   "continue), score every --bench folder, and write comparison.csv/.md.")
+    p.add_argument("--study", default="searchsr", help="study name (default: searchsr)")
+    p.add_argument("--storage", default="sqlite:///studies/searchsr.db", help="SQLAlchemy URL")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--trials", help="comma-separated trial numbers, e.g. 12,31")
+    pick.add_argument("--front", action="store_true", help="every trial on the Pareto front")
+    p.add_argument("--baselines", default="lite,xlite", help="paper presets retrained alongside (default: lite,xlite)")
+    p.add_argument("--schedule", default="full", help="full (the paper's), short, smoke or a YAML file (default: full)")
+    p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
+    p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
+    p.add_argument("--bench", action="append", metavar="DIR", help="benchmark folder scored after training (repeatable)")
+    p.add_argument("--out", required=True, help="output folder (run folders, comparison.csv/.md)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpus-per-trial", type=int, default=1)
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per network (default: 1 where there are GPUs)")
+    p.add_argument("--address", help="join an existing Ray cluster")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_retrain)
 
     bench = sub.add_parser("bench", help="benchmarks (speed, stability); figures go in issue notes")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -1,0 +1,84 @@
+"""The whole loop on a tiny study: search -> retrain 2 trials + XLITE -> compare -> export -> upscale."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from PIL import Image
+
+from searchsr.retrain import proxy_fidelity
+from searchsr.study import load_study, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _searchsr(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "searchsr.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+
+
+@pytest.mark.slow
+def test_search_retrain_export_upscale(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run = _searchsr("run", "--space", "spaces/tiny.yaml", "--schedule", "smoke", "--trials", "5", "--storage",
+                    storage, "--runs-dir", str(tmp_path / "runs"), "--study", "t", "--latency-runs", "2",
+                    "--sampler", "random", "--enqueue", "xlite")
+    assert run.returncode == 0, run.stderr[-2000:]
+    study = load_study("t", open_storage(storage))
+    searched = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                if t.user_attrs.get("preset") is None]
+    front = [t.number for t in study.best_trials if t.user_attrs.get("preset") is None]
+    chosen = (front + [t.number for t in searched if t.number not in front])[:2]
+    import skimage.data
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    Image.fromarray(skimage.data.astronaut()[100:196, 150:262]).save(bench / "astronaut.png")
+    Image.fromarray(skimage.data.chelsea()[50:130, 100:200]).save(bench / "chelsea.png")
+    out = tmp_path / "retrain"
+    retrain = _searchsr("retrain", "--study", "t", "--storage", storage, "--trials", ",".join(map(str, chosen)),
+                        "--baselines", "xlite", "--schedule", "smoke", "--bench", str(bench),
+                        "--out", str(out))
+    assert retrain.returncode == 0, retrain.stderr[-2000:]
+    import pandas as pd
+
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["model"]) == [f"trial_{n}" for n in chosen] + ["xlite"]
+    for column in ("bench_psnr_y", "bench_ssim_y", "params", "flops_g", "latency_ms", "latency_ratio_xlite",
+                   "short_psnr", "dominates"):
+        assert column in table.columns
+    assert table["bench_psnr_y"].notna().all() and table["short_psnr"].notna().all()
+    fidelity = json.loads((out / "fidelity.json").read_text())
+    assert fidelity["models"] == 3 and -1 <= fidelity["kendall_tau"] <= 1
+    assert proxy_fidelity(table).kendall_tau == pytest.approx(fidelity["kendall_tau"])
+    assert "Kendall tau" in retrain.stdout and "Kendall tau" in (out / "comparison.md").read_text()
+    study = load_study("t", open_storage(storage))
+    assert set(study.user_attrs["retrain_results"]) == {str(n) for n in chosen} | {"0"}
+
+    export = _searchsr("export", "--study", "t", "--storage", storage, "--trial", str(chosen[0]),
+                       "--out", str(tmp_path / "exported"))
+    assert export.returncode == 0, export.stderr[-2000:]
+    card = json.loads((tmp_path / "exported" / "model_card.json").read_text())
+    assert str(out / f"trial_{chosen[0]}") in json.dumps(card)  # the retrained weights, not the search's
+
+    image = skimage.data.coffee()[40:61, 60:90]
+    Image.fromarray(image).save(tmp_path / "in.png")
+    up = _searchsr("upscale", "--model", str(tmp_path / "exported"), str(tmp_path / "in.png"), "--out",
+                   str(tmp_path / "up"))
+    assert up.returncode == 0, up.stderr[-2000:]
+    sr = np.asarray(Image.open(tmp_path / "up" / "in.png"))
+    assert sr.shape == (84, 120, 3)
+    from searchsr.export import load_run
+
+    _, model, _ = load_run(out / f"trial_{chosen[0]}")
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0].clamp(0, 1)
+    ref = np.floor(ref.permute(1, 2, 0).numpy() * 255 + 0.5)
+    assert np.abs(sr.astype(float) - ref).max() <= 1
