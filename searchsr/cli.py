@@ -392,6 +392,54 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    """Training steps/s per configuration (eager, channels_last, torch.compile) and Set5-style eval time."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from searchsr.data import load_images
+    from searchsr.evaluate import evaluate, model_upscaler
+
+    report: dict = {}
+    for name in [n.strip() for n in args.archs.split(",") if n.strip()]:
+        cfg = load_arch(name)
+        lr = torch.rand(args.batch, 3, args.patch, args.patch)
+        hr = torch.rand(args.batch, 3, args.patch * cfg.scale, args.patch * cfg.scale)
+        variants = {"eager": (False, False), "channels_last": (True, False)}
+        if args.compile:
+            variants["channels_last+compile"] = (True, True)
+        report[name] = {}
+        for variant, (channels_last, compiled) in variants.items():
+            torch.manual_seed(0)
+            model = build_model(cfg).train()
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            model = model.to(memory_format=fmt)
+            step_model = torch.compile(model) if compiled else model
+            optimizer = torch.optim.Adam(model.parameters(), lr=5e-3, betas=(0.9, 0.99))
+            x, y = lr.to(memory_format=fmt), hr.to(memory_format=fmt)
+            times = []
+            for _ in range(args.warmup + args.steps):
+                t0 = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                F.l1_loss(step_model(x), y).backward()
+                optimizer.step()
+                times.append(time.perf_counter() - t0)
+            steps_per_s = 1 / statistics.median(times[args.warmup:])
+            report[name][variant] = steps_per_s
+            print(f"{name} {variant}: {steps_per_s:.3f} steps/s (batch {args.batch}, {args.patch}x{args.patch} LR, "
+                  f"{torch.get_num_threads()} threads)", flush=True)
+        if args.eval_data:
+            images = load_images(args.eval_data, "val", cfg.scale)
+            result = evaluate(model_upscaler(build_model(cfg).eval()), images)
+            report[name]["eval_seconds"] = result.seconds
+            print(f"{name} eval on {args.eval_data}: {result.seconds:.2f} s for {result.images} images", flush=True)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchsr",
@@ -587,6 +635,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--latency-runs", type=int, default=10, help="timed runs per measurement (default: 10)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench_concurrency)
+    b = bench_sub.add_parser("train", help="training steps/s: eager vs channels_last (vs torch.compile), eval time")
+    b.add_argument("--archs", default="xlite,lite", help="presets or files (default: xlite,lite)")
+    b.add_argument("--batch", type=int, default=16)
+    b.add_argument("--patch", type=int, default=48, help="LR patch side (default: 48)")
+    b.add_argument("--steps", type=int, default=5, help="timed steps per variant (default: 5)")
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    b.add_argument("--eval-data", help="folder to time evaluation on (e.g. ../shared/data/set5)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_train)
     return parser
 
 
