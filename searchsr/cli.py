@@ -247,9 +247,13 @@ def _print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from searchsr.tuner import run_search
+    from searchsr.tuner import TooManyFailures, run_search
 
-    study = run_search(_search_settings(args))
+    try:
+        study = run_search(_search_settings(args))
+    except TooManyFailures as err:
+        print(f"searchsr: {err}", file=sys.stderr)
+        return 1
     _print_front(study)
     return 0
 

@@ -118,10 +118,17 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
     return metrics
 
 
-class _Progress:
-    """One line per finished trial plus a progress bar (Ray's own reporter is silenced)."""
+class TooManyFailures(RuntimeError):
+    """--max-failures trials failed: the study stops (what completed is kept)."""
 
-    def __init__(self, total: int, objectives: tuple[Objective, ...], study: optuna.Study) -> None:
+
+class _Progress:
+    """One line per finished trial plus a progress bar (Ray's own reporter is silenced);
+    counts failures so ``--max-failures`` can stop the experiment."""
+
+    def __init__(self, total: int, objectives: tuple[Objective, ...], study: optuna.Study,
+                 max_failures: int = 0) -> None:
+        from ray.tune import Stopper
         from ray.tune import Callback
         from tqdm import tqdm
 
@@ -144,10 +151,22 @@ class _Progress:
 
             def on_trial_error(self, iteration, trials, trial, **info) -> None:
                 Callback_.failures += 1
+                failures["count"] += 1
                 bar.write(f"trial {trial.config.get('number')}: FAILED ({_reason(trial)})")
                 bar.update()
 
+        failures = {"count": 0}
+
+        class FailureStopper(Stopper):
+            def __call__(self, trial_id: str, result: dict) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                return bool(max_failures) and failures["count"] >= max_failures
+
         self.callback = Callback_()
+        self.stopper = FailureStopper()
+        self.failures = failures
         self.bar = bar
 
 
@@ -197,7 +216,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
                   "cpus_per_trial": settings.cpus_per_trial}
         searcher = make_searcher(study, settings.space, settings.objectives, settings.constraints,
                                  settings.runs_root, common)
-        progress = _Progress(settings.trials, settings.objectives, study)
+        progress = _Progress(settings.trials, settings.objectives, study, settings.max_failures)
         trainable = tune.with_resources(tune.with_parameters(run_trial, meter=meter),
                                         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
         tuner = tune.Tuner(
@@ -207,6 +226,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             run_config=tune.RunConfig(name=f"{settings.study}-{int(time.time())}",
                                       storage_path=str((settings.runs_root / "ray").resolve()),
                                       verbose=2 if settings.verbose else 0, callbacks=[progress.callback],
+                                      stop=progress.stopper,
                                       failure_config=tune.FailureConfig(
                                           max_failures=0, fail_fast=False)),
         )
@@ -215,6 +235,10 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         finally:
             searcher.close()
             progress.bar.close()
+        if settings.max_failures and progress.failures["count"] >= settings.max_failures:
+            raise TooManyFailures(f"stopped: {progress.failures['count']} trials failed (--max-failures "
+                                  f"{settings.max_failures}); see each trial's fail_reason (searchsr front shows "
+                                  f"what completed)")
     finally:
         if started_ray:
             ray.shutdown()

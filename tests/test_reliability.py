@@ -68,3 +68,20 @@ def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None
     new_complete = [t for n, t in after.items() if n not in before and t.state == TrialState.COMPLETE]
     assert len(new_complete) == 3  # --trials 3: the re-queued ones first
     assert not [t for t in after.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_and_max_failures_stops(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text("params:\n  nf: {int: [8, 16], step: 8}\n  n_blocks: 1\n")
+    (tmp_path / "diverge.yaml").write_text("steps: 4\nbatch_size: 2\npatch_size: 16\nlr: 1.0e+30\nmilestones: [2]\n"
+                                           "log_every: 1\n")
+    out = subprocess.run([sys.executable, "-m", "searchsr.cli", "run", "--space", str(tmp_path / "space.yaml"),
+                          "--schedule", str(tmp_path / "diverge.yaml"), "--trials", "4", "--concurrency", "1",
+                          "--max-failures", "2", "--storage", f"sqlite:///{tmp_path}/s.db", "--runs-dir",
+                          str(tmp_path / "runs"), "--study", "crash", "--latency-runs", "2", "--enqueue", ""],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1 and "2 trials failed (--max-failures 2)" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    failed = [t for t in _states(tmp_path) if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and len(_states(tmp_path)) == 2
+    assert all("DivergedError" in t.user_attrs["fail_reason"] for t in failed)
