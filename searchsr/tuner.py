@@ -126,8 +126,7 @@ class _Progress:
     """One line per finished trial plus a progress bar (Ray's own reporter is silenced);
     counts failures so ``--max-failures`` can stop the experiment."""
 
-    def __init__(self, total: int, objectives: tuple[Objective, ...], study: optuna.Study,
-                 max_failures: int = 0) -> None:
+    def __init__(self, total: int, objectives: tuple[Objective, ...], max_failures: int = 0) -> None:
         from ray.tune import Stopper
         from ray.tune import Callback
         from tqdm import tqdm
@@ -136,8 +135,6 @@ class _Progress:
         keys = [o.key for o in objectives]
 
         class Callback_(Callback):
-            failures = 0
-
             def __getstate__(self) -> dict:  # Tune pickles callbacks; the bar stays with the driver
                 return {}
 
@@ -150,7 +147,6 @@ class _Progress:
                 bar.update()
 
             def on_trial_error(self, iteration, trials, trial, **info) -> None:
-                Callback_.failures += 1
                 failures["count"] += 1
                 bar.write(f"trial {trial.config.get('number')}: FAILED ({_reason(trial)})")
                 bar.update()
@@ -216,7 +212,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
                   "cpus_per_trial": settings.cpus_per_trial}
         searcher = make_searcher(study, settings.space, settings.objectives, settings.constraints,
                                  settings.runs_root, common)
-        progress = _Progress(settings.trials, settings.objectives, study, settings.max_failures)
+        progress = _Progress(settings.trials, settings.objectives, settings.max_failures)
         trainable = tune.with_resources(tune.with_parameters(run_trial, meter=meter),
                                         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
         tuner = tune.Tuner(

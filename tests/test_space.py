@@ -14,7 +14,6 @@ from searchsr.space import (
     Categorical,
     Constraint,
     Fixed,
-    Float,
     Int,
     SearchSpace,
     constraint_values,
