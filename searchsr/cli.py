@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -271,7 +272,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
-    return run_dashboard(args.storage, args.study, args.host, args.port, say=lambda m: print(m, flush=True))
+    code = run_dashboard(args.storage, args.study, args.host, args.port, say=lambda m: print(m, flush=True))
+    # The server has stopped and closed its storage; skip interpreter finalization, which was seen to
+    # hang in a library exit hook when the parent started us with SIGINT ignored (a stuck server
+    # after a clean stop is worse than skipped atexit hooks, and this command holds no other state).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

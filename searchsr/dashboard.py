@@ -166,7 +166,7 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _Stop(Exception):
-    """SIGTERM: leave serve_forever like Ctrl-C does."""
+    """SIGTERM or SIGINT: leave serve_forever."""
 
 
 def serve(storage: ReadOnlyStorage, host: str, port: int) -> WSGIServer:
@@ -209,13 +209,15 @@ def run_dashboard(url: str, study_name: str | None, host: str, port: int,
     def stop(signum: int, frame: Any) -> None:
         raise _Stop
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # SIGINT too: a parent that ignores SIGINT (some test runners, nohup) passes SIG_IGN on to us
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.serve_forever(poll_interval=0.2)
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
         storage.engine.dispose()
     say("dashboard stopped")

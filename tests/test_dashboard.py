@@ -178,6 +178,7 @@ WRITER = textwrap.dedent("""
         for key in ("psnr", "latency_ms", "flops", "params"):  # one commit each, as record_trial does
             trial.set_user_attr(key, float(nf + i))
         study.tell(trial, [float(nf), float(i)])
+        time.sleep(0.3)  # a search writes every few seconds, not in a tight loop: leave readers gaps
     print("wrote", len(study.trials), start, time.time())
 """)
 
@@ -227,3 +228,16 @@ def test_reading_while_a_search_writes(tmp_path: Path) -> None:
     during = [t for t in reads if float(start) <= t <= float(end)]
     assert len(during) >= 5, (len(reads), float(end) - float(start))  # reads really overlapped the writes
     assert "dashboard stopped" in log
+
+
+def test_dashboard_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ign.db'}"
+    optuna.create_study(storage=url, study_name="ign")
+    proc = subprocess.Popen([sys.executable, "-m", "searchsr.cli", "dashboard", "--port", "0", "--study", "ign",
+                             "--storage", url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    for line in proc.stdout:
+        if "http://" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
