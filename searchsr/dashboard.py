@@ -198,20 +198,19 @@ def run_dashboard(url: str, study_name: str | None, host: str, port: int,
     for message in name_objectives(url, storage, studies):
         say(message)
     server = serve(storage, host, port)
-    bound_port = server.server_address[1]
-    shown_host = f"[{host}]" if ":" in host else host
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        say(f"warning: listening on {host}: anyone who can reach this machine can read the study "
-            f"(the dashboard has no login)")
-    say(f"optuna-dashboard on {mask_url(url)} (read-only) at http://{shown_host}:{bound_port}{path}  "
-        f"(Ctrl-C to stop)")
-
     def stop(signum: int, frame: Any) -> None:
         raise _Stop
 
     # SIGINT too: a parent that ignores SIGINT (some test runners, nohup) passes SIG_IGN on to us
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    try:  # a signal that arrives while we announce the URL still stops us cleanly
+        bound_port = server.server_address[1]
+        shown_host = f"[{host}]" if ":" in host else host
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            say(f"warning: listening on {host}: anyone who can reach this machine can read the study "
+                f"(the dashboard has no login)")
+        say(f"optuna-dashboard on {mask_url(url)} (read-only) at http://{shown_host}:{bound_port}{path}  "
+            f"(Ctrl-C to stop)")
         server.serve_forever(poll_interval=0.2)
     except (KeyboardInterrupt, _Stop):
         pass
