@@ -494,7 +494,12 @@ def check_out_dir(out_dir: Path) -> Path:
             raise ValueError(f"{out_dir}: exists and is not a folder")
         if any(out_dir.iterdir()):
             raise ValueError(f"{out_dir}: exists and is not empty (export into a new folder)")
-    ancestor = out_dir.parent
+    return writable_ancestor(out_dir, out_dir.parent)
+
+
+def writable_ancestor(out_dir: Path, start: Path) -> Path:
+    """The nearest existing folder at or above ``start``, which must be writable to create ``out_dir``."""
+    ancestor = start
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from searchsr.evaluate import DEFAULT_TILE, _tiles
-from searchsr.export import (ARCH_FILE, INPUT_NAME, META_PREFIX, MIN_SIDE, ONNX_FILE, OUTPUT_NAME, STATS_FILE,
+from searchsr.export import (writable_ancestor, ARCH_FILE, INPUT_NAME, META_PREFIX, MIN_SIDE, ONNX_FILE, OUTPUT_NAME, STATS_FILE,
                              TILES_FILE, WEIGHTS_FILE, ort_session)
 
 BACKENDS = ("onnx", "torch")
@@ -194,13 +194,7 @@ def _probe(path: Path) -> tuple[int, int]:
 def _writable_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder")
-    ancestor = out_dir
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"{out_dir}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{out_dir}: {ancestor} is not writable")
+    writable_ancestor(out_dir, out_dir)
 
 
 def _save_png(img: np.ndarray, path: Path) -> None:
