@@ -183,6 +183,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _for_workers(path: str | None) -> str | None:
+    """Absolute form of a user path: Ray workers run in their own working directories."""
+    return None if path is None else str(Path(path).resolve())
+
+
+def _for_workers_schedule(spec: str) -> str:
+    from searchsr.schedule import shipped_schedules
+
+    return spec if spec in shipped_schedules() else str(Path(spec).resolve())
+
+
 def _search_settings(args: argparse.Namespace):
     """Everything ``run`` needs, validated before any storage, folder or Ray is touched."""
     from pathlib import Path
@@ -220,8 +231,9 @@ def _search_settings(args: argparse.Namespace):
     enqueue = tuple(n.strip() for n in args.enqueue.split(",") if n.strip()) if args.enqueue else ()
     return SearchSettings(space=space, objectives=objectives, constraints=space.constraints + tuple(extra),
                           study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
-                          trials=args.trials, schedule=args.schedule, train_dir=args.train_dir,
-                          val_dir=args.val_dir, runs_root=Path(args.runs_dir) / args.study, enqueue=enqueue,
+                          trials=args.trials, schedule=_for_workers_schedule(args.schedule),
+                          train_dir=_for_workers(args.train_dir), val_dir=_for_workers(args.val_dir),
+                          runs_root=Path(args.runs_dir) / args.study, enqueue=enqueue,
                           cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                           concurrency=args.concurrency, address=args.address, latency_runs=args.latency_runs,
                           max_failures=args.max_failures, stale_after=args.stale_after, verbose=args.verbose)
@@ -390,7 +402,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     table, fidelity, csv_path = run_retrain(RetrainSettings(
         study=args.study, storage=args.storage, trials=trials, front=args.front, baselines=baselines,
-        schedule=args.schedule, train_dir=args.train_dir, val_dir=args.val_dir, bench=args.bench or [],
+        schedule=_for_workers_schedule(args.schedule), train_dir=_for_workers(args.train_dir),
+        val_dir=_for_workers(args.val_dir), bench=args.bench or [],
         out=Path(args.out), seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         address=args.address, verbose=args.verbose))
     print(table.drop(columns=["arch"]).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+from PIL import Image
 
 from searchsr.study import load_study, mask_url, open_storage, prepare_study
 from searchsr.space import parse_objectives
@@ -124,3 +126,21 @@ def test_unreachable_storage_is_one_line(tmp_path: Path) -> None:
     out = _searchsr(*args)
     assert out.returncode == 2 and "cannot open storage" in out.stderr and "pw@" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_run_hands_workers_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray workers run in their own working directories: relative user paths must not reach them."""
+    from searchsr.cli import _search_settings, build_parser
+
+    for name in ("train", "val"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / name / "a.png")
+    (tmp_path / "mine.yaml").write_text((ROOT / "searchsr" / "schedules" / "smoke.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(_run_args(Path("."), 1, "--train-dir", "train", "--val-dir", "val",
+                                               "--schedule", "mine.yaml"))
+    settings = _search_settings(args)
+    assert settings.train_dir == str(tmp_path / "train") and settings.val_dir == str(tmp_path / "val")
+    assert settings.schedule == str(tmp_path / "mine.yaml")
+    shipped = _search_settings(build_parser().parse_args(_run_args(Path("."), 1)))
+    assert shipped.schedule == "smoke"
