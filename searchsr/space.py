@@ -383,9 +383,17 @@ def load_space(path: str | Path) -> SearchSpace:
         raise ValueError(f"{path}: " + " ".join(str(error).split())) from None
 
 
+def sample_values(space: SearchSpace, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    """Suggest every active, non-fixed param through ``trial``; works with FixedTrial and enqueued trials.
+
+    Not validated: a trial enqueued by hand may carry values the space would never produce.
+    """
+    return _assign(space.params, lambda name, param: param.suggest(trial, name))
+
+
 def sample(space: SearchSpace, trial: optuna.trial.BaseTrial) -> ArchConfig:
-    """Suggest every active, non-fixed param through ``trial``; works with FixedTrial and enqueued trials."""
-    return ArchConfig.from_dict(_assign(space.params, lambda name, param: param.suggest(trial, name)))
+    """``sample_values`` as an architecture (ValueError naming the bad value)."""
+    return ArchConfig.from_dict(sample_values(space, trial))
 
 
 def to_params(space: SearchSpace, cfg: ArchConfig) -> dict[str, Any]:

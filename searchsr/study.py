@@ -1,6 +1,6 @@
 """The search: an Optuna multi-objective study whose trials Ray Tune runs.
 
-Flow: space file -> ``sample`` (Optuna define-by-run, inside Ray's ``OptunaSearch``) ->
+Flow: space file -> ``sample_values`` (Optuna define-by-run, inside Ray's ``OptunaSearch``) ->
 one Ray Tune trial = train the ``short`` schedule + score PSNR-Y/SSIM-Y -> costs from the
 single ``CostMeter`` actor -> the driver writes every metric as user attributes and tells
 Optuna. Design choices, each against a known pitfall:
@@ -27,10 +27,13 @@ Optuna. Design choices, each against a known pitfall:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy.exc
@@ -39,7 +42,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
-from searchsr.space import Constraint, Objective, SearchSpace, sample, set_constraints, to_params
+from searchsr.space import Constraint, Objective, SearchSpace, sample_values, set_constraints, to_params
 
 DEFAULT_STORAGE = "sqlite:///studies/searchsr.db"
 DEFAULT_STUDY = "searchsr"
@@ -47,6 +50,7 @@ STALE_AFTER_S = 60  # a RUNNING trial without heartbeat this long lost its drive
 MAX_RETRIES = 3
 FAILURE_FILE = "failure.txt"
 SAMPLERS = ("nsga2", "tpe", "random")
+MAX_STUDY_NAME = 128
 
 
 def mask_url(url: str) -> str:
@@ -55,6 +59,32 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:
         return "<invalid storage URL>"
+
+
+def check_study_name(name: str) -> str:
+    """A study name is also a folder name (``--runs-dir/<study>``, Ray's experiment): no path tricks."""
+    if (not name or len(name) > MAX_STUDY_NAME or name.startswith(".")
+            or not all(c.isalnum() or c in "-_." for c in name)):
+        raise ValueError(f"--study must be letters, digits, '-', '_' or '.' (not first), at most "
+                         f"{MAX_STUDY_NAME} characters, got {name!r}")
+    return name
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a healthy SQLite database (random bytes, truncated, damaged pages)
+    before any storage is opened on it; reads only (``mode=ro``), so the file stays byte for byte.
+    A file with a hot journal (a writer was killed mid-commit) is left to SQLite's own recovery,
+    which needs a writable connection."""
+    if any(Path(f"{path}{suffix}").exists() for suffix in ("-journal", "-wal")):
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
+                                                  timeout=30)) as con:  # a live search may be committing
+            problems = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
+    except sqlite3.Error as err:
+        raise ValueError(f"{path}: not a usable SQLite database ({err})") from None
+    if problems != ["ok"]:
+        raise ValueError(f"{path}: damaged SQLite database ({' '.join('; '.join(problems).split())[:200]})")
 
 
 def open_storage(url: str, stale_after: int = STALE_AFTER_S, create: bool = True) -> RDBStorage:
@@ -68,9 +98,12 @@ def open_storage(url: str, stale_after: int = STALE_AFTER_S, create: bool = True
     except sqlalchemy.exc.ArgumentError:
         raise ValueError(f"--storage: not an SQLAlchemy URL: {mask_url(url)}") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not create and not Path(parsed.database).is_file():
+        database = Path(parsed.database)
+        if not create and not (database.is_file() and database.stat().st_size):
             raise ValueError(f"no study storage at {parsed.database}")
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if database.is_file():
+            check_sqlite_file(database)  # never let Optuna write into a damaged file
+        database.parent.mkdir(parents=True, exist_ok=True)
     try:
         return RDBStorage(url, heartbeat_interval=max(1, stale_after // 4), grace_period=stale_after,
                           heartbeat_stale_trial_callback=requeue, engine_kwargs={"pool_pre_ping": True})
@@ -148,8 +181,8 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
     from ray.tune.search.optuna import OptunaSearch
 
     def define_by_run(trial: optuna.Trial) -> dict[str, Any]:
-        cfg = sample(space, trial)
-        return {"arch": cfg.to_dict(), "number": trial.number, **common}
+        # Validated by the worker: a hand-enqueued invalid arch fails its trial, not the study.
+        return {"arch": sample_values(space, trial), "number": trial.number, **common}
 
     class Searcher(OptunaSearch):
         def __init__(self) -> None:

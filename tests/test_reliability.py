@@ -85,3 +85,64 @@ def test_failing_trials_are_recorded_and_max_failures_stops(tmp_path: Path) -> N
     failed = [t for t in _states(tmp_path) if t.state == TrialState.FAIL]
     assert len(failed) == 2 and len(_states(tmp_path)) == 2
     assert all("DivergedError" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def _tiny_run(tmp: Path, trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "searchsr.cli", "run", "--space", str(ROOT / "spaces" / "tiny.yaml"),
+            "--schedule", "smoke", "--trials", str(trials), "--storage", f"sqlite:///{tmp}/s.db",
+            "--runs-dir", str(tmp / "runs"), "--study", "crash", "--latency-runs", "2", "--sampler", "random",
+            "--concurrency", "1", "--enqueue", "", *extra]
+
+
+@pytest.mark.slow
+def test_architectures_that_raise_or_exhaust_memory_fail_alone(tmp_path: Path) -> None:
+    """Users enqueue their own configs through Optuna; Optuna accepts out-of-range values, so a
+    trial can carry an invalid arch (ValueError) or one too big to allocate (a real OOM)."""
+    from searchsr.space import parse_objectives
+    from searchsr.study import prepare_study
+
+    study = prepare_study("crash", open_storage(f"sqlite:///{tmp_path}/s.db"), parse_objectives("psnr,latency"),
+                          "random", 0, 0)
+    base = {"n_blocks": 1, "se": False, "act": "relu"}
+    study.enqueue_trial({**base, "nf": -8})
+    study.enqueue_trial({**base, "nf": 400_000})  # ~1e12 weights: far beyond any machine's memory
+    out = subprocess.run(_tiny_run(tmp_path, 3), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    trials = sorted(_states(tmp_path), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert "ValueError" in trials[0].user_attrs["fail_reason"] and "-8" in trials[0].user_attrs["fail_reason"]
+    assert "memory" in trials[1].user_attrs["fail_reason"].lower()
+    assert "trial 0: FAILED (ValueError: nf must be" in out.stdout, out.stdout
+
+
+def _trial_workers(session: int):
+    """Pids of Ray Tune trial actors (process title ``ray::ImplicitFunc...``) in a session."""
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes()
+            sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid == session and b"ImplicitFunc" in title:
+            yield int(proc.name)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_training_fails_its_trial_and_the_study_goes_on(tmp_path: Path) -> None:
+    """SIGKILL of the trial's worker process: what the kernel's OOM killer does."""
+    driver = subprocess.Popen(_tiny_run(tmp_path, 3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    deadline, victim = time.monotonic() + 240, None
+    while victim is None and time.monotonic() < deadline:
+        victim = next(_trial_workers(session=driver.pid), None)
+        time.sleep(0.2)
+    assert victim is not None, "no trial worker ever started"
+    os.kill(victim, signal.SIGKILL)
+    stdout, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-2000:]
+    trials = _states(tmp_path)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(trials) == 3 and len(failed) == 1, [t.state for t in trials]
+    assert "died" in failed[0].user_attrs["fail_reason"], failed[0].user_attrs["fail_reason"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
