@@ -172,7 +172,7 @@ def _reason(trial: Any) -> str:
 
 
 def start_ray(address: str | None, verbose: bool) -> bool:
-    """Join ``address`` or start a local Ray, quietly unless ``verbose``; True if we started it."""
+    """Join ``address`` or start a private local Ray, quietly unless ``verbose``; True if we started it."""
     import ray
 
     if not verbose:
@@ -182,7 +182,8 @@ def start_ray(address: str | None, verbose: bool) -> bool:
             logging.getLogger(name).setLevel(logging.CRITICAL)  # failures get our own one-liners
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+    # "local": without it Ray would silently join any cluster `ray start` left on this machine.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=verbose)
     return True
 

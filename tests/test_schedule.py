@@ -14,12 +14,13 @@ def test_full_is_the_papers_schedule():
 
 
 def test_shipped_schedules_load():
-    assert {"full", "short", "smoke"} <= set(shipped_schedules())
-    short, smoke = load_schedule("short"), load_schedule("smoke")
-    assert smoke.steps < short.steps < 10_000
-    assert short.lr == 0.005 and short.betas == (0.9, 0.99)
-    # The short schedule keeps the paper's shape: halvings at 2/7, 4/7, 5/7, 6/7 of the run.
-    assert [round(7 * m / short.steps, 1) for m in short.milestones] == [2, 4, 5, 6]
+    assert {"full", "medium", "short", "smoke"} <= set(shipped_schedules())
+    short, medium, smoke = load_schedule("short"), load_schedule("medium"), load_schedule("smoke")
+    assert smoke.steps < short.steps < medium.steps < 10_000
+    for schedule in (short, medium):
+        assert schedule.lr == 0.005 and schedule.betas == (0.9, 0.99)
+        # The CPU schedules keep the paper's shape: halvings at 2/7, 4/7, 5/7, 6/7 of the run.
+        assert [round(7 * m / schedule.steps, 1) for m in schedule.milestones] == [2, 4, 5, 6]
 
 
 def test_a_file_path_works(tmp_path):
@@ -65,5 +66,5 @@ def test_missing_key_and_non_mapping(tmp_path):
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="unknown schedule 'medium'"):
-        load_schedule("medium")
+    with pytest.raises(ValueError, match="unknown schedule 'forever'"):
+        load_schedule("forever")
