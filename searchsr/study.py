@@ -20,7 +20,8 @@ Optuna. Design choices, each against a known pitfall:
   driver), records why, and re-queues their parameters (Optuna's heartbeat mechanism
   with our ``requeue`` callback), so nothing completed is touched or repeated.
 * Samplers are rebuilt on every run, seeded with ``seed + number of trials so far``:
-  the same seed again would replay the first run's random draws.
+  the same seed again would replay the first run's random draws. Drivers that start
+  together see the same count, so each seed is claimed in the study and taken once.
 * Parallel random start-up (ray#52535): concurrency defaults to what the CPUs allow and
   TPE's start-up count is capped by the trials requested, so a small run still models.
 """
@@ -31,6 +32,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -51,6 +53,7 @@ MAX_RETRIES = 3
 FAILURE_FILE = "failure.txt"
 SAMPLERS = ("nsga2", "tpe", "random")
 MAX_STUDY_NAME = 128
+OPEN_ATTEMPTS = 8  # drivers creating a new storage's tables at the same moment: the losers try again
 
 
 def mask_url(url: str) -> str:
@@ -104,12 +107,24 @@ def open_storage(url: str, stale_after: int = STALE_AFTER_S, create: bool = True
         if database.is_file():
             check_sqlite_file(database)  # never let Optuna write into a damaged file
         database.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return RDBStorage(url, heartbeat_interval=max(1, stale_after // 4), grace_period=stale_after,
-                          heartbeat_stale_trial_callback=requeue, engine_kwargs={"pool_pre_ping": True})
-    except Exception as err:  # sqlalchemy/driver errors name the URL, password included
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"cannot open storage {mask_url(url)}: {first.replace(url, mask_url(url))}") from None
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            return RDBStorage(url, heartbeat_interval=max(1, stale_after // 4), grace_period=stale_after,
+                              heartbeat_stale_trial_callback=requeue, engine_kwargs={"pool_pre_ping": True})
+        except Exception as err:  # sqlalchemy/driver errors name the URL, password included
+            if attempt < OPEN_ATTEMPTS and _lost_schema_race(err):
+                time.sleep(0.1 * attempt)
+                continue
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"cannot open storage {mask_url(url)}: {first.replace(url, mask_url(url))}") from None
+
+
+def _lost_schema_race(err: Exception) -> bool:
+    """Another driver was creating Optuna's tables in the same new storage at that moment: PostgreSQL
+    reports a unique violation in its catalog, SQLite a table that "already exists". Creating them skips
+    what exists, so the next attempt succeeds once the winner is done."""
+    return isinstance(err, sqlalchemy.exc.IntegrityError) or (
+        isinstance(err, sqlalchemy.exc.DBAPIError) and "already exists" in str(err))
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -156,7 +171,11 @@ def load_study(study_name: str, storage: RDBStorage, sampler: optuna.samplers.Ba
 
 def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, ...], sampler: str,
                   seed: int, n_trials: int) -> optuna.Study:
-    """Create or continue the study; an existing one must have the same objectives."""
+    """Create or continue the study; an existing one must have the same objectives.
+
+    The sampler's seed is ``seed`` + trials so far, claimed so that drivers starting on the study at the
+    same moment take different seeds: the same seed would make them draw the same architectures.
+    """
     directions = [o.direction for o in objectives]
     names = [o.name for o in objectives]
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
@@ -170,6 +189,9 @@ def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, .
         offset = 0
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(sampler, seed + offset, n_trials))
+    while not _claim(study, f"searchsr:seed:{seed + offset}"):
+        offset += 1
+        study.sampler = make_sampler(sampler, seed + offset, n_trials)
     study.set_metric_names(names)
     fail_stale_trials(study)
     return study
@@ -185,7 +207,9 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
         return {"arch": sample_values(space, trial), "number": trial.number, **common}
 
     class Searcher(OptunaSearch):
-        def __init__(self) -> None:
+        # The study comes in as an argument and lives on the instance only, never in this class's
+        # closure: Tune cloudpickles the class along with the instance (see __getstate__).
+        def __init__(self, study: optuna.Study) -> None:
             super().__init__(space=define_by_run, metric=[o.key for o in objectives],
                              mode=["max" if o.direction == "maximize" else "min" for o in objectives],
                              sampler=study.sampler, study_name=study.study_name, storage=study._storage)
@@ -194,17 +218,18 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat").start()
 
         def _beat(self) -> None:
-            while not self._stop.wait(study._storage.get_heartbeat_interval() / 2):
+            storage = self._ot_study._storage
+            while not self._stop.wait(storage.get_heartbeat_interval() / 2):
                 for ot_trial in list(self._ot_trials.values()):
                     if ot_trial.number not in self._finished_numbers():
-                        study._storage.record_heartbeat(ot_trial._trial_id)
+                        storage.record_heartbeat(ot_trial._trial_id)
 
         def _finished_numbers(self) -> set[int]:
             return {self._ot_trials[t].number for t in self._completed_trials}
 
         def suggest(self, trial_id: str) -> dict | None:
             config = super().suggest(trial_id)
-            study._storage.record_heartbeat(self._ot_trials[trial_id]._trial_id)
+            self._ot_study._storage.record_heartbeat(self._ot_trials[trial_id]._trial_id)
             return config
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -222,13 +247,16 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
         def restore(self, checkpoint_path: str) -> None:
             """See ``save``."""
 
-        def __getstate__(self) -> dict[str, Any]:  # Tune pickles its searcher into the experiment state
-            return {k: v for k, v in self.__dict__.items() if k != "_stop"}
+        def __getstate__(self) -> dict[str, Any]:
+            """Tune pickles its searcher into ``tuner.pkl`` (for ``Tuner.restore``, which resuming here does
+            not use): leave out the thread's event and all that holds the storage, whose URL has the password."""
+            left_out = ("_stop", "_ot_study", "_storage", "_ot_trials")
+            return {k: v for k, v in self.__dict__.items() if k not in left_out}
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             self.__dict__.update(state, _stop=threading.Event())
 
-    return Searcher()
+    return Searcher(study)
 
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
@@ -257,19 +285,46 @@ def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, const
 
 
 def enqueue_presets(study: optuna.Study, space: SearchSpace, names: list[str]) -> list[str]:
-    """Queue the paper's networks (once per study) so the front is always compared with them."""
+    """Queue the paper's networks (once per study) so the front is always compared with them.
+
+    Drivers starting together would all see the preset missing and all queue it (Optuna's
+    ``skip_if_exists`` is check-then-insert too), so each preset is claimed first: one driver wins.
+    """
     from searchsr.arch import PRESETS
 
-    queued = []
     for name in names:
         if name not in PRESETS:
             raise ValueError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    trials = study.get_trials(deepcopy=False)
+    queued = []
+    for name in names:
         params = to_params(space, PRESETS[name])
-        done = [t for t in study.get_trials(deepcopy=False) if t.params == params]
-        if not done:
-            study.enqueue_trial(params, user_attrs={"preset": name}, skip_if_exists=True)
+        if any(params in (t.params, t.system_attrs.get("fixed_params")) for t in trials):
+            continue  # queued before claims were recorded
+        if _claim(study, f"searchsr:preset:{name}"):
+            study.enqueue_trial(params, user_attrs={"preset": name})
             queued.append(name)
     return queued
+
+
+def _claim(study: optuna.Study, key: str) -> bool:
+    """True for exactly one caller per study and key, however many drivers ask at once.
+
+    The unique (study, key) constraint of Optuna's study system attributes decides, on any SQL
+    backend and across machines; ``set_system_attr`` cannot be used, it swallows that conflict.
+    """
+    from optuna.storages._rdb.models import StudySystemAttributeModel
+
+    session = getattr(study._storage, "_backend", study._storage).scoped_session()
+    try:
+        session.add(StudySystemAttributeModel(study_id=study._study_id, key=key, value_json="true"))
+        session.commit()
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        session.rollback()
+        return False
+    finally:
+        session.close()
 
 
 def trial_run_dir(study: optuna.Study, number: int) -> Path:
