@@ -194,14 +194,43 @@ def _for_workers_schedule(spec: str) -> str:
     return spec if spec in shipped_schedules() else str(Path(spec).resolve())
 
 
+def _space_scales(space) -> list[int]:
+    """Every upscaling factor a trial of ``space`` can train at."""
+    param = space.params.get("scale")
+    if param is None:
+        return [ArchConfig().scale]
+    return sorted({*param.probes(), *((ArchConfig().scale,) if param.when else ())})
+
+
+def _check_search_images(train_dir: str | None, val_dir: str | None, scales: Sequence[int],
+                         patch_size: int) -> None:
+    """What each trial will do with the folders, done once up front: every image readable, large
+    enough for a training patch (train) and for scoring (val), at every scale. The embedded
+    default photos always are."""
+    from searchsr.data import check_patch_size, load_images
+    from searchsr.evaluate import check_scorable
+
+    for folder, split, check in ((train_dir, "train", lambda s: check_patch_size(s, patch_size)),
+                                 (val_dir, "val", check_scorable)):
+        if folder is None:
+            continue
+        for scale in scales:
+            images = load_images(folder, split, scale)
+            try:
+                check(images)
+            except ValueError as err:
+                raise ValueError(f"--{split}-dir {folder}: {err}") from None
+
+
 def _search_settings(args: argparse.Namespace):
     """Everything ``run`` needs, validated before any storage, folder or Ray is touched."""
     from pathlib import Path
 
-    from searchsr.data import load_images
+    from searchsr.arch import PRESETS
+    from searchsr.export import writable_ancestor
     from searchsr.schedule import load_schedule
-    from searchsr.space import Constraint, load_space, parse_objectives
-    from searchsr.study import SAMPLERS
+    from searchsr.space import Constraint, load_space, parse_objectives, to_params
+    from searchsr.study import SAMPLERS, check_study_name
     from searchsr.tuner import SearchSettings
 
     space = load_space(args.space)
@@ -221,19 +250,26 @@ def _search_settings(args: argparse.Namespace):
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if args.gpus_per_trial < 0:
         raise ValueError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
-    if not args.study or not all(c.isalnum() or c in "-_." for c in args.study) or args.study.startswith("."):
-        raise ValueError(f"--study must be letters, digits, '-', '_' or '.', got {args.study!r}")
-    load_schedule(args.schedule)
-    scale = 4
-    for folder, split in ((args.train_dir, "train"), (args.val_dir, "val")):
-        if folder is not None:
-            load_images(folder, split, scale)
+    check_study_name(args.study)
+    runs_root = Path(args.runs_dir) / args.study
+    if runs_root.exists() and not runs_root.is_dir():
+        raise ValueError(f"--runs-dir: {runs_root} exists and is not a folder")
+    writable_ancestor(runs_root, runs_root)
+    schedule = load_schedule(args.schedule)
+    _check_search_images(args.train_dir, args.val_dir, _space_scales(space), schedule.patch_size)
     enqueue = tuple(n.strip() for n in args.enqueue.split(",") if n.strip()) if args.enqueue else ()
+    for name in enqueue:  # checked again when queued; here so that a bad name leaves the storage alone
+        if name not in PRESETS:
+            raise ValueError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        try:
+            to_params(space, PRESETS[name])
+        except ValueError as err:
+            raise ValueError(f"--enqueue {name}: {err}") from None
     return SearchSettings(space=space, objectives=objectives, constraints=space.constraints + tuple(extra),
                           study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
                           trials=args.trials, schedule=_for_workers_schedule(args.schedule),
                           train_dir=_for_workers(args.train_dir), val_dir=_for_workers(args.val_dir),
-                          runs_root=Path(args.runs_dir) / args.study, enqueue=enqueue,
+                          runs_root=runs_root, enqueue=enqueue,
                           cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                           concurrency=args.concurrency, address=args.address, latency_runs=args.latency_runs,
                           max_failures=args.max_failures, stale_after=args.stale_after, verbose=args.verbose)
@@ -272,18 +308,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_front(args: argparse.Namespace) -> int:
-    from searchsr.study import load_study, open_storage
+    from searchsr.study import check_study_name, load_study, open_storage
 
-    study = load_study(args.study, open_storage(args.storage, create=False))
+    study = load_study(check_study_name(args.study), open_storage(args.storage, create=False))
     _print_front(study, as_json=args.json, as_csv=args.csv)
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from searchsr.dashboard import run_dashboard
+    from searchsr.study import check_study_name
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
+    if args.study is not None:
+        check_study_name(args.study)
     code = run_dashboard(args.storage, args.study, args.host, args.port, say=lambda m: print(m, flush=True))
     # The server has stopped and closed its storage; skip interpreter finalization, which was seen to
     # hang in a library exit hook when the parent started us with SIGINT ignored (a stuck server
@@ -296,8 +335,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from searchsr.dashboard import ReadOnlyStorage, name_objectives
     from searchsr.report import check_out, compute_report, render, write_report
-    from searchsr.study import load_study, mask_url
+    from searchsr.study import check_study_name, load_study, mask_url
 
+    check_study_name(args.study)
     check_out(args.out)  # fail before reading the study
     storage = ReadOnlyStorage(args.storage)  # a report never writes to (or locks) a live study
     study = load_study(args.study, storage)
@@ -358,6 +398,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError("--trial and --storage go with --study, not --checkpoint")
     elif args.trial is None:
         raise UsageError("--study needs --trial K (the trial number to export)")
+    else:
+        from searchsr.study import check_study_name
+
+        check_study_name(args.study)
     check_out_dir(Path(args.out))  # fail before loading anything
     if args.checkpoint:
         cfg, model, provenance = load_run(args.checkpoint)
@@ -390,7 +434,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from searchsr.retrain import RetrainSettings, run_retrain
+    from searchsr.study import check_study_name
 
+    check_study_name(args.study)
     trials = None
     if args.trials:
         try:

@@ -43,14 +43,16 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from searchsr.space import OBJECTIVES
-from searchsr.study import mask_url
+from searchsr.study import check_sqlite_file, mask_url
 
 METRIC_NAMES_ATTR = "study:metric_names"  # optuna.study.study._SYSTEM_ATTR_METRIC_NAMES
 READ_TIMEOUT_S = 10  # how long a dashboard read waits for a writer's commit to finish
 
 
 def _first_line(err: BaseException, url: str) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, optuna.exceptions.StorageInternalError) and err.__cause__ is not None:
+        err = err.__cause__  # Optuna's wrapper only says "an exception is raised during the commit"
+    text = str(err).splitlines()[0].strip() if str(err).strip() else type(err).__name__
     return text.replace(url, mask_url(url))
 
 
@@ -68,6 +70,7 @@ def readonly_engine(url: str) -> tuple[str, dict[str, Any]]:
         path = Path(database).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"no SQLite database at {path}")
+        check_sqlite_file(path)
         return (f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true",
                 {"connect_args": {"timeout": READ_TIMEOUT_S, "check_same_thread": False}})
     if backend == "postgresql":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +76,20 @@ def make_pair(name: str, hr: np.ndarray, scale: int) -> ImagePair:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """uint8 HxW (gray) or HxWx3 (everything else: RGBA, palette, CMYK -> RGB)."""
+    """uint8 HxW (gray) or HxWx3 (everything else: RGBA, palette, CMYK -> RGB).
+
+    Images over PIL's ``Image.MAX_IMAGE_PIXELS`` are refused (PIL only warns up to twice that
+    and then decodes: hundreds of MB per image before any check of ours could run).
+    """
     try:
-        with Image.open(path) as img:
-            gray = img.mode in ("1", "L", "LA")
-            if not gray and img.mode.startswith("I"):  # 16/32-bit gray has no uint8 meaning
-                raise ValueError(f"unsupported image mode {img.mode}")
-            return np.array(img.convert("L" if gray else "RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                gray = img.mode in ("1", "L", "LA")
+                if not gray and img.mode.startswith("I"):  # 16/32-bit gray has no uint8 meaning
+                    raise ValueError(f"unsupported image mode {img.mode}")
+                return np.array(img.convert("L" if gray else "RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{path}: cannot read image ({err})") from None
 
 
@@ -130,6 +137,15 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)).div_(255)
 
 
+def check_patch_size(images: ImageSet, patch_size: int) -> None:
+    """Every LR image must hold a training patch; errors name the image."""
+    for pair in images.images:
+        h, w = pair.lr.shape[:2]
+        if min(h, w) < patch_size:
+            raise ValueError(f"{pair.name}: LR image {h}x{w} is smaller than the "
+                             f"{patch_size}x{patch_size} training patch (HR {images.scale}x that)")
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """``length`` random aligned (LR, HR) patch pairs with flips and 90-degree rotations.
 
@@ -140,11 +156,7 @@ class PatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: ImageSet, patch_size: int, seed: int, length: int) -> None:
-        for pair in images.images:
-            h, w = pair.lr.shape[:2]
-            if min(h, w) < patch_size:
-                raise ValueError(f"{pair.name}: LR image {h}x{w} is smaller than the "
-                                 f"{patch_size}x{patch_size} training patch (HR {images.scale}x that)")
+        check_patch_size(images, patch_size)
         self.images = images.images
         self.scale = images.scale
         self.patch_size = patch_size

@@ -400,15 +400,20 @@ def render(data: ReportData) -> str:
 # ----------------------------------------------------------------------------- writing
 
 def check_out(out: str | Path) -> Path:
-    """Fail before any work if ``out`` cannot be written (one-line ValueError)."""
+    """Fail before any work if ``out`` cannot be written (one-line ValueError); creates nothing, so a
+    command that fails later leaves no folder behind (``write_report`` makes the missing ones)."""
     path = Path(out)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out must end in .html, got {out}")
     if path.is_dir():
         raise ValueError(f"--out {out} is a directory")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write --out {out}: {ancestor} is not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
@@ -419,6 +424,10 @@ def check_out(out: str | Path) -> Path:
 def write_report(text: str, out: str | Path) -> Path:
     """Write to a temporary file beside ``out`` and rename it: readers never see half a page."""
     path = check_out(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot write --out {out}: {err.strerror or err}") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with io.open(fd, "w", encoding="utf-8") as handle:

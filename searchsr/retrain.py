@@ -223,19 +223,24 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     import ray
     from ray import tune
 
-    from searchsr.data import load_folder, load_images
+    from searchsr.data import check_patch_size, load_folder, load_images
+    from searchsr.evaluate import check_scorable
+    from searchsr.export import writable_ancestor
     from searchsr.schedule import load_schedule
     from searchsr.study import load_study, open_storage
     from searchsr.tuner import CostMeter, start_ray
 
+    if settings.out.exists() and not settings.out.is_dir():
+        raise ValueError(f"--out {settings.out}: exists and is not a folder")
+    writable_ancestor(settings.out, settings.out)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
     jobs = select_jobs(study, settings.trials, settings.front, settings.baselines)
     schedule = load_schedule(settings.schedule)
-    scale = jobs[0].arch.scale
-    load_images(settings.train_dir, "train", scale)
-    load_images(settings.val_dir, "val", scale)
-    for bench in settings.bench:
-        load_folder(bench, scale)
+    for scale in sorted({job.arch.scale for job in jobs}):  # what every Ray trial will do, checked up front
+        check_patch_size(load_images(settings.train_dir, "train", scale), schedule.patch_size)
+        check_scorable(load_images(settings.val_dir, "val", scale))
+        for bench in settings.bench:
+            check_scorable(load_folder(bench, scale))
     settings.out.mkdir(parents=True, exist_ok=True)
     started = start_ray(settings.address, settings.verbose)
     try:

@@ -179,16 +179,16 @@ def read_input(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _probe(path: Path) -> tuple[int, int]:
-    """Width and height from the header; anything that is not a readable image is a ValueError."""
+    """Width and height of a fully decoded image (a header alone does not show truncated data), so that
+    a broken input fails before any output is written; anything unreadable is a ValueError."""
+    from searchsr.data import read_image
+
     if not path.exists():
         raise ValueError(f"{path}: no such file")
     if not path.is_file():
         raise ValueError(f"{path}: not a file")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: cannot read image ({err})") from None
+    h, w = read_image(path).shape[:2]
+    return w, h
 
 
 def _writable_dir(out_dir: Path) -> None:
