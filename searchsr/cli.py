@@ -592,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (default: 0)")
     p.add_argument("--concurrency", type=int, default=0, help="trials at once (default: CPUs / cpus-per-trial)")
-    p.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="join a running Ray cluster, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else start a "
+                        "private local Ray even where `ray start` runs one)")
     p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
     p.add_argument("--max-failures", type=int, default=0, help="stop after this many failed trials (0: never)")
@@ -672,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument("--trials", help="comma-separated trial numbers, e.g. 12,31")
     pick.add_argument("--front", action="store_true", help="every trial on the Pareto front")
     p.add_argument("--baselines", default="lite,xlite", help="paper presets retrained alongside (default: lite,xlite)")
-    p.add_argument("--schedule", default="full", help="full (the paper's), short, smoke or a YAML file (default: full)")
+    p.add_argument("--schedule", default="full",
+                   help="full (the paper's), medium (1.5x short, for CPUs), short, smoke or a YAML file "
+                        "(default: full)")
     p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
     p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
     p.add_argument("--bench", action="append", metavar="DIR", help="benchmark folder scored after training (repeatable)")
@@ -680,7 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus-per-trial", type=int, default=1)
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per network (default: 1 where there are GPUs)")
-    p.add_argument("--address", help="join an existing Ray cluster")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="join a running Ray cluster (default: $RAY_ADDRESS, else a private local Ray)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_retrain)
 
@@ -749,8 +754,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
         print(f"searchsr: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("searchsr: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # Ray Tune traps Ctrl-C itself; run/retrain re-raise with what was kept
+        print(f"searchsr: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
 
 

@@ -74,27 +74,50 @@ def select_jobs(study: optuna.Study, trials: list[int] | None, front: bool, base
     return jobs
 
 
-def estimate_seconds(jobs: list[Job], schedule: Schedule, concurrency: int, probe_steps: int = 2) -> float:
-    """Wall-time estimate: a few timed training steps per network, scaled to the schedule."""
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """Jobs by FLOPs, heaviest first: Ray starts trials in this order, and starting the long pole
+    (LITE) last would leave one worker training alone long after the others finished."""
+    from searchsr.cost import count_cost
+
+    return sorted(jobs, key=lambda job: -count_cost(build_model(job.arch), (48, 48)).flops)
+
+
+def estimate_seconds(jobs: list[Job], schedule: Schedule, concurrency: int, threads: int,
+                     probe_steps: int = 2) -> float:
+    """Wall-time estimate: a few timed training steps per network on ``threads`` threads (as each
+    trial will run), scaled to the schedule, then packed longest-first onto ``concurrency`` workers."""
     import torch
     import torch.nn.functional as F
 
-    total = 0.0
+    seconds = []
     scale = jobs[0].arch.scale
-    for job in jobs:
-        model = build_model(job.arch).train()
-        optimizer = torch.optim.Adam(model.parameters())
-        lr = torch.rand(schedule.batch_size, 3, schedule.patch_size, schedule.patch_size)
-        hr = torch.rand(schedule.batch_size, 3, schedule.patch_size * scale, schedule.patch_size * scale)
-        times = []
-        for _ in range(probe_steps + 1):
-            start = time.perf_counter()
-            optimizer.zero_grad()
-            F.l1_loss(model(lr), hr).backward()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
-        total += min(times[1:]) * schedule.steps
-    return total / max(1, min(concurrency, len(jobs)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for job in jobs:
+            model = build_model(job.arch).train().to(memory_format=torch.channels_last)
+            optimizer = torch.optim.Adam(model.parameters())
+            lr = torch.rand(schedule.batch_size, 3, schedule.patch_size, schedule.patch_size)
+            hr = torch.rand(schedule.batch_size, 3, schedule.patch_size * scale, schedule.patch_size * scale)
+            times = []
+            for _ in range(probe_steps + 1):
+                start = time.perf_counter()
+                optimizer.zero_grad()
+                F.l1_loss(model(lr.contiguous(memory_format=torch.channels_last)), hr).backward()
+                optimizer.step()
+                times.append(time.perf_counter() - start)
+            seconds.append(min(times[1:]) * schedule.steps)
+    finally:
+        torch.set_num_threads(before)
+    return makespan(seconds, concurrency)
+
+
+def makespan(seconds: list[float], workers: int) -> float:
+    """Wall time of jobs started longest-first, each on the worker that frees up first."""
+    loads = [0.0] * max(1, min(workers, len(seconds)))
+    for job_seconds in sorted(seconds, reverse=True):
+        loads[loads.index(min(loads))] += job_seconds
+    return max(loads)
 
 
 def retrain_trial(config: dict[str, Any], meter: Any) -> None:
@@ -250,14 +273,14 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
         concurrency = max(1, min(len(jobs), slots // (1 if gpus_per_trial else settings.cpus_per_trial)))
         pending = [j for j in jobs if not (settings.out / j.name / "result.json").is_file()]
         if pending and not gpus:
-            eta = estimate_seconds(pending, schedule, concurrency)
+            eta = estimate_seconds(pending, schedule, concurrency, settings.cpus_per_trial)
             say(f"retraining {len(pending)} of {len(jobs)} network(s) with schedule {schedule.name} on CPU, "
                 f"{concurrency} at a time: estimated {eta / 3600:.1f} h ({eta:.0f} s) before evaluation")
         meter = ray.remote(num_cpus=0, max_concurrency=1)(CostMeter).remote(1, settings.latency_runs)
         config = {"out": str(settings.out.resolve()), "schedule": settings.schedule, "train_dir": settings.train_dir,
                   "val_dir": settings.val_dir, "bench": [str(Path(b).resolve()) for b in settings.bench],
                   "seed": settings.seed, "cpus_per_trial": settings.cpus_per_trial,
-                  "name": tune.grid_search([j.name for j in jobs])}
+                  "name": tune.grid_search([j.name for j in longest_first(jobs)])}
         arch_by_name = {j.name: j.arch.to_dict() for j in jobs}
         trainable = tune.with_resources(
             tune.with_parameters(_with_arch, meter=meter, arch_by_name=arch_by_name),
@@ -265,12 +288,17 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
         tuner = tune.Tuner(trainable, param_space=config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
                            run_config=tune.RunConfig(name=f"retrain-{int(time.time())}", verbose=0,
+                                                     callbacks=[_progress(len(jobs))],
                                                      storage_path=str((settings.out / "ray").resolve())))
         grid = tuner.fit()
         failed = [r for r in grid if r.error]
         if failed:
             raise RuntimeError(f"{len(failed)} retraining trial(s) failed; rerun the command to resume them "
                                f"(first error: {str(failed[0].error).splitlines()[-1][:300]})")
+        finished = [r for r in grid if "scores_json" in (r.metrics or {})]
+        if len(finished) < len(jobs):  # Ctrl-C: Tune stopped the running trials and returned
+            raise KeyboardInterrupt(f"{len(finished)} of {len(jobs)} networks finished; rerun the same command to "
+                                    "resume the others from their checkpoints")
         scores = {r.metrics["name"]: json.loads(r.metrics["scores_json"]) for r in grid}
         costs = {r.metrics["name"]: json.loads(r.metrics["costs_json"]) for r in grid}
     finally:
@@ -281,6 +309,30 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     csv_path, _ = write_outputs(table, fidelity, settings.out)
     write_back(study, table, csv_path)
     return table, fidelity, csv_path
+
+
+def _progress(total: int) -> Any:
+    """A Tune callback: a bar over the networks and one line as each finishes (Ray's own output is off)."""
+    from ray.tune import Callback
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="network", dynamic_ncols=True, file=sys.stderr)
+
+    class Progress(Callback):
+        def __getstate__(self) -> dict:  # Tune pickles callbacks; the bar stays with the driver
+            return {}
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            scores = json.loads((trial.last_result or {}).get("scores_json", "{}"))
+            shown = ", ".join(f"{bench} {s['psnr_y']:.2f} dB" for bench, s in scores.items())
+            bar.write(f"{trial.config.get('name')}: {shown or 'done'}", file=sys.stderr)
+            bar.update()
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            bar.write(f"{trial.config.get('name')}: FAILED (rerun the command to resume it)", file=sys.stderr)
+            bar.update()
+
+    return Progress()
 
 
 def _with_arch(config: dict[str, Any], meter: Any, arch_by_name: dict[str, dict]) -> None:

@@ -238,6 +238,16 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                 record_trial(ot_trial, result, error, constraints, runs_root)
             super().on_trial_complete(trial_id, result=result if not error else None, error=error)
 
+        def abandon_unfinished(self, reason: str) -> int:
+            """Trials cut short (Ctrl-C): FAIL with ``reason`` and re-queued now, not after --stale-after."""
+            cut = [(t, ot) for t, ot in self._ot_trials.items() if t not in self._completed_trials]
+            for trial_id, ot_trial in cut:
+                ot_trial.set_user_attr("fail_reason", reason)
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                requeue(self._ot_study, self._ot_study._storage.get_trial(ot_trial._trial_id))
+            return len(cut)
+
         def close(self) -> None:
             self._stop.set()
 

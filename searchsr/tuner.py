@@ -220,7 +220,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             trainable,
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                         num_samples=settings.trials, reuse_actors=False),
-            run_config=tune.RunConfig(name=f"{settings.study}-{int(time.time())}",
+            run_config=tune.RunConfig(name=f"{settings.study}-{int(time.time())}-{os.getpid()}",
                                       storage_path=str((settings.runs_root / "ray").resolve()),
                                       verbose=2 if settings.verbose else 0, callbacks=[progress.callback],
                                       stop=progress.stopper,
@@ -236,6 +236,10 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             raise TooManyFailures(f"stopped: {progress.failures['count']} trials failed (--max-failures "
                                   f"{settings.max_failures}); see each trial's fail_reason (searchsr front shows "
                                   f"what completed)")
+        if progress.bar.n < settings.trials:  # Ctrl-C: Tune stopped the running trials and returned
+            cut = searcher.abandon_unfinished("interrupted (Ctrl-C) before it finished")
+            raise KeyboardInterrupt(f"{progress.bar.n} of {settings.trials} new trials finished and are saved; "
+                                    f"{cut} cut short are marked FAIL and queued again for the next run")
     finally:
         if started_ray:
             ray.shutdown()

@@ -64,6 +64,8 @@ class OnnxModel:
                                  "with squeeze-excite needs (re-export the model, or use --backend torch)")
             self.tiles_session = ort_session(folder / TILES_FILE, threads)
             self.stats_session = ort_session(folder / STATS_FILE, threads)
+            # With one SE layer the exporter drops se_means from the stats graph: no earlier mean is used.
+            self.stats_inputs = {i.name for i in self.stats_session.get_inputs()}
 
     def tiles(self, x: np.ndarray, tile: int) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
         """For a float32 1x3xHxW input: (output slices, output block 1x3xhxw) covering the output once."""
@@ -97,8 +99,9 @@ class OnnxModel:
                 window = np.ascontiguousarray(t.window(x))
                 mask = np.zeros((1, 1, *window.shape[-2:]), np.float32)
                 mask[(..., *t.core())] = 1  # each pixel counted once, by the tile that owns it
-                sums = self.stats_session.run(["se_sums"], {INPUT_NAME: window, "se_means": means,
-                                                            "core_mask": mask})[0]
+                feeds = {INPUT_NAME: window, "se_means": means, "core_mask": mask}
+                sums = self.stats_session.run(["se_sums"], {k: v for k, v in feeds.items()
+                                                            if k in self.stats_inputs})[0]
                 total += sums[k]
             means[k] = (total / (h * w)).astype(np.float32)
         return means

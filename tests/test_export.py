@@ -197,9 +197,10 @@ def test_upscale_keeps_gray_gray_and_alpha(exported, tmp_path):
     assert Image.open(tmp_path / "sr" / "photo.png").size == (52 * 4, 40 * 4)
 
 
-@pytest.mark.parametrize("changes", [dict(se=False, scale=2), dict(scale=3, kernel_size=5, act="prelu", bn=False)])
+@pytest.mark.parametrize("changes", [dict(se=False, scale=2), dict(scale=3, kernel_size=5, act="prelu", bn=False),
+                                     dict(n_blocks=1, act="relu")])  # one SE layer: no earlier SE mean is used
 def test_other_family_members_export_and_tile_exactly(changes, tmp_path):
-    cfg = ArchConfig(nf=8, n_blocks=2, **changes)
+    cfg = ArchConfig(**{"nf": 8, "n_blocks": 2, **changes})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(cfg)

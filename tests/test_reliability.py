@@ -146,3 +146,25 @@ def test_a_worker_killed_mid_training_fails_its_trial_and_the_study_goes_on(tmp_
     assert len(trials) == 3 and len(failed) == 1, [t.state for t in trials]
     assert "died" in failed[0].user_attrs["fail_reason"], failed[0].user_attrs["fail_reason"]
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_what_finished_and_requeues_what_was_cut(tmp_path: Path) -> None:
+    driver = subprocess.Popen(_tiny_run(tmp_path, 6), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        trials = _states(tmp_path)
+        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
+            break
+        time.sleep(0.3)
+    os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the driver and its local Ray
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("searchsr: interrupted: ") and "Traceback" not in stderr
+    trials = _states(tmp_path)
+    cut = [t for t in trials if t.state == TrialState.FAIL]
+    assert cut and all("interrupted" in t.user_attrs["fail_reason"] for t in cut)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(t.number for t in cut)

@@ -82,3 +82,16 @@ def test_search_retrain_export_upscale(tmp_path: Path) -> None:
         ref = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0].clamp(0, 1)
     ref = np.floor(ref.permute(1, 2, 0).numpy() * 255 + 0.5)
     assert np.abs(sr.astype(float) - ref).max() <= 1
+
+
+def test_heaviest_network_starts_first_and_the_estimate_packs_workers() -> None:
+    from searchsr.arch import PRESETS, ArchConfig
+    from searchsr.retrain import Job, estimate_seconds, longest_first, makespan
+    from searchsr.schedule import load_schedule
+
+    jobs = [Job("xlite", PRESETS["xlite"], None, None), Job("tiny", ArchConfig(nf=8, n_blocks=1), 3, None),
+            Job("mid", ArchConfig(nf=24, n_blocks=4), 4, None)]
+    assert [j.name for j in longest_first(jobs)] == ["mid", "xlite", "tiny"]
+    assert makespan([2, 10, 3, 4], 2) == 10  # the long pole, not the sum over two workers (9.5)
+    assert makespan([3, 3, 3], 2) == 6 and makespan([5], 4) == 5
+    assert estimate_seconds(jobs, load_schedule("smoke"), 2, threads=1) > 0
