@@ -153,8 +153,9 @@ def comparison_table(jobs: list[Job], scores: dict[str, dict], costs: dict[str, 
     """One row per network: benchmark PSNR-Y/SSIM-Y, costs, proxy PSNR, baselines it dominates."""
     rows = []
     for job in jobs:
-        row: dict[str, Any] = {"model": job.name, "trial": job.trial, "nf": job.arch.nf, "N": job.arch.n_blocks,
-                               "arch": job.arch.to_json()}
+        baseline = next((name for name, preset in PRESETS.items() if preset == job.arch), "")
+        row: dict[str, Any] = {"model": job.name, "trial": job.trial, "baseline": baseline, "nf": job.arch.nf,
+                               "N": job.arch.n_blocks, "arch": job.arch.to_json()}
         for bench, s in scores[job.name].items():
             row[f"{bench}_psnr_y"], row[f"{bench}_ssim_y"] = s["psnr_y"], s["ssim_y"]
         c = costs[job.name]
@@ -163,8 +164,8 @@ def comparison_table(jobs: list[Job], scores: dict[str, dict], costs: dict[str, 
         rows.append(row)
     table = pd.DataFrame(rows)
     psnr_cols = [c for c in table.columns if c.endswith("_psnr_y")]
-    baseline_rows = table[table["model"].isin(list(PRESETS))]
-    table["dominates"] = [", ".join(b["model"] for _, b in baseline_rows.iterrows()
+    baseline_rows = table[table["baseline"] != ""]  # a front trial may be a preset itself (XLITE is enqueued)
+    table["dominates"] = [", ".join(b["baseline"] for _, b in baseline_rows.iterrows()
                                     if b["model"] != r["model"] and _dominates(r, b, psnr_cols))
                           for _, r in table.iterrows()]
     return table
@@ -194,7 +195,9 @@ def proxy_fidelity(table: pd.DataFrame) -> Fidelity | None:
 def write_outputs(table: pd.DataFrame, fidelity: Fidelity | None, out: Path) -> tuple[Path, Path]:
     csv_path, md_path = out / "comparison.csv", out / "comparison.md"
     table.to_csv(csv_path, index=False)
-    lines = [table.drop(columns=["arch"]).to_markdown(index=False, floatfmt=".4g"), ""]
+    shown = table.drop(columns=["arch"])
+    shown = shown.astype(object).where(shown.notna(), None)  # baselines have no trial: "-", not "nan"
+    lines = [shown.to_markdown(index=False, floatfmt=".4g", missingval="-"), ""]
     lines.append(f"Proxy fidelity on {fidelity.benchmark} over {fidelity.models} models: Kendall tau "
                  f"{fidelity.kendall_tau:.3f}, Spearman rho {fidelity.spearman_rho:.3f}" if fidelity
                  else "Proxy fidelity: fewer than 3 models with both a search and a retrained score.")

@@ -95,3 +95,20 @@ def test_heaviest_network_starts_first_and_the_estimate_packs_workers() -> None:
     assert makespan([2, 10, 3, 4], 2) == 10  # the long pole, not the sum over two workers (9.5)
     assert makespan([3, 3, 3], 2) == 6 and makespan([5], 4) == 5
     assert estimate_seconds(jobs, load_schedule("smoke"), 2, threads=1) > 0
+
+
+def test_a_front_trial_that_is_a_preset_counts_as_that_baseline() -> None:
+    from searchsr.arch import PRESETS, ArchConfig
+    from searchsr.retrain import Job, comparison_table
+
+    jobs = [Job("trial_0", PRESETS["xlite"], 0, 30.2), Job("trial_3", ArchConfig(nf=8, n_blocks=2), 3, 30.3),
+            Job("trial_4", ArchConfig(nf=24, n_blocks=2), 4, 30.1)]
+    scores = {"trial_0": {"set5": {"psnr_y": 30.5, "ssim_y": 0.86}},
+              "trial_3": {"set5": {"psnr_y": 30.6, "ssim_y": 0.87}},  # better and cheaper than XLITE
+              "trial_4": {"set5": {"psnr_y": 30.7, "ssim_y": 0.87}}}  # better but slower
+    cost = {"params": 1, "flops": 2e9, "latency_ms": 10.0, "latency_ratio": 1.0}
+    costs = {"trial_0": cost, "trial_3": {**cost, "flops": 1e9, "latency_ms": 5.0},
+             "trial_4": {**cost, "flops": 3e9, "latency_ms": 12.0}}
+    table = comparison_table(jobs, scores, costs)
+    assert list(table["baseline"]) == ["xlite", "", ""]
+    assert list(table["dominates"]) == ["", "xlite", ""]
