@@ -25,3 +25,16 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not present")
     return path
+
+
+def session_processes(session: int) -> dict[int, bytes]:
+    """Pid -> command line of every live process in a session (a driver started with
+    ``start_new_session`` and all it spawned, its local Ray included), read from /proc."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                found[int(proc.name)] = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import session_processes
 from searchsr.study import load_study, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,17 +35,6 @@ def _alive_nodes(address: str, env: dict[str, str]) -> int:
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
 
-def _session_pids(session: int) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
-                pids.append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
-
-
 def _stop(node: subprocess.Popen) -> None:
     """SIGTERM the blocking `ray start` (it stops its node's processes), then kill any stragglers."""
     os.killpg(node.pid, signal.SIGTERM)
@@ -52,7 +42,7 @@ def _stop(node: subprocess.Popen) -> None:
         node.wait(timeout=30)
     except subprocess.TimeoutExpired:
         pass
-    for pid in _session_pids(node.pid):
+    for pid in session_processes(node.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import session_processes
 from searchsr.study import load_study, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,19 +33,23 @@ def _states(tmp: Path) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def _wait_for_completed_and_running(tmp: Path, driver: subprocess.Popen) -> None:
+    """Mid-study: some trials done and some in flight (the moment a crash hurts most)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        trials = _states(tmp)
+        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
+            return
+        time.sleep(0.3)
+    os.killpg(driver.pid, signal.SIGKILL)
+    pytest.fail("the study never had completed and running trials at once")
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     driver = subprocess.Popen(_args(tmp_path, 8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        trials = _states(tmp_path)
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
-            break
-        time.sleep(0.3)
-    else:
-        driver.kill()
-        pytest.fail("the study never had completed and running trials at once")
+    _wait_for_completed_and_running(tmp_path, driver)
     os.killpg(driver.pid, signal.SIGKILL)  # driver and the local Ray it started
     driver.wait()
     before = {t.number: t for t in _states(tmp_path)}
@@ -116,18 +121,6 @@ def test_architectures_that_raise_or_exhaust_memory_fail_alone(tmp_path: Path) -
     assert "trial 0: FAILED (ValueError: nf must be" in out.stdout, out.stdout
 
 
-def _trial_workers(session: int):
-    """Pids of Ray Tune trial actors (process title ``ray::ImplicitFunc...``) in a session."""
-    for proc in Path("/proc").iterdir():
-        try:
-            title = (proc / "cmdline").read_bytes()
-            sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
-        except (OSError, ValueError, IndexError):
-            continue
-        if sid == session and b"ImplicitFunc" in title:
-            yield int(proc.name)
-
-
 @pytest.mark.slow
 def test_a_worker_killed_mid_training_fails_its_trial_and_the_study_goes_on(tmp_path: Path) -> None:
     """SIGKILL of the trial's worker process: what the kernel's OOM killer does."""
@@ -135,7 +128,8 @@ def test_a_worker_killed_mid_training_fails_its_trial_and_the_study_goes_on(tmp_
                               start_new_session=True)
     deadline, victim = time.monotonic() + 240, None
     while victim is None and time.monotonic() < deadline:
-        victim = next(_trial_workers(session=driver.pid), None)
+        victim = next((pid for pid, title in session_processes(driver.pid).items()  # Tune trial actors
+                       if b"ImplicitFunc" in title), None)
         time.sleep(0.2)
     assert victim is not None, "no trial worker ever started"
     os.kill(victim, signal.SIGKILL)
@@ -152,12 +146,7 @@ def test_a_worker_killed_mid_training_fails_its_trial_and_the_study_goes_on(tmp_
 def test_ctrl_c_keeps_what_finished_and_requeues_what_was_cut(tmp_path: Path) -> None:
     driver = subprocess.Popen(_tiny_run(tmp_path, 6), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        trials = _states(tmp_path)
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
-            break
-        time.sleep(0.3)
+    _wait_for_completed_and_running(tmp_path, driver)
     os.killpg(driver.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the driver and its local Ray
     _, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 130, stderr[-2000:]
