@@ -226,11 +226,10 @@ def _search_settings(args: argparse.Namespace):
     """Everything ``run`` needs, validated before any storage, folder or Ray is touched."""
     from pathlib import Path
 
-    from searchsr.arch import PRESETS
     from searchsr.export import writable_ancestor
     from searchsr.schedule import load_schedule
-    from searchsr.space import Constraint, load_space, parse_objectives, to_params
-    from searchsr.study import SAMPLERS, check_study_name
+    from searchsr.space import Constraint, load_space, parse_objectives
+    from searchsr.study import SAMPLERS, check_study_name, preset_params
     from searchsr.tuner import SearchSettings
 
     space = load_space(args.space)
@@ -258,13 +257,7 @@ def _search_settings(args: argparse.Namespace):
     schedule = load_schedule(args.schedule)
     _check_search_images(args.train_dir, args.val_dir, _space_scales(space), schedule.patch_size)
     enqueue = tuple(n.strip() for n in args.enqueue.split(",") if n.strip()) if args.enqueue else ()
-    for name in enqueue:  # checked again when queued; here so that a bad name leaves the storage alone
-        if name not in PRESETS:
-            raise ValueError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
-        try:
-            to_params(space, PRESETS[name])
-        except ValueError as err:
-            raise ValueError(f"--enqueue {name}: {err}") from None
+    preset_params(space, enqueue)  # before the storage is touched
     return SearchSettings(space=space, objectives=objectives, constraints=space.constraints + tuple(extra),
                           study=args.study, storage=args.storage, sampler=args.sampler, seed=args.seed,
                           trials=args.trials, schedule=_for_workers_schedule(args.schedule),

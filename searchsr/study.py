@@ -294,21 +294,31 @@ def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, const
     set_constraints(ot_trial, constraints, result)
 
 
+def preset_params(space: SearchSpace, names: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The Optuna params of each named paper preset in ``space``; ValueError for an unknown preset
+    or one the space cannot produce (``run`` calls this before touching the storage)."""
+    from searchsr.arch import PRESETS
+
+    params = {}
+    for name in names:
+        if name not in PRESETS:
+            raise ValueError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        try:
+            params[name] = to_params(space, PRESETS[name])
+        except ValueError as err:
+            raise ValueError(f"--enqueue {name}: {err}") from None
+    return params
+
+
 def enqueue_presets(study: optuna.Study, space: SearchSpace, names: list[str]) -> list[str]:
     """Queue the paper's networks (once per study) so the front is always compared with them.
 
     Drivers starting together would all see the preset missing and all queue it (Optuna's
     ``skip_if_exists`` is check-then-insert too), so each preset is claimed first: one driver wins.
     """
-    from searchsr.arch import PRESETS
-
-    for name in names:
-        if name not in PRESETS:
-            raise ValueError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
     trials = study.get_trials(deepcopy=False)
     queued = []
-    for name in names:
-        params = to_params(space, PRESETS[name])
+    for name, params in preset_params(space, names).items():
         if any(params in (t.params, t.system_attrs.get("fixed_params")) for t in trials):
             continue  # queued before claims were recorded
         if _claim(study, f"searchsr:preset:{name}"):
