@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = ("leakyrelu", "relu", "prelu", "hardswish", "silu")
+from searchsr.config import ACTIVATIONS, upsample_factors
+from searchsr.errors import UsageError
+
 
 
 def make_act(name: str) -> nn.Module:
@@ -26,7 +28,7 @@ def make_act(name: str) -> nn.Module:
         return nn.Hardswish()
     if name == "silu":
         return nn.SiLU()
-    raise ValueError(f"act must be one of {ACTIVATIONS}, got {name!r}")
+    raise UsageError(f"act must be one of {ACTIVATIONS}, got {name!r}")
 
 
 class SqueezeExcite(nn.Module):
@@ -97,7 +99,7 @@ def _symmetric_pad(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
     """MATLAB's 'symmetric' border (edge pixel repeated), which PyTorch's pad modes lack."""
     n = x.shape[dim]
     if n < pad:
-        raise ValueError(f"input size {n} along dim {dim} is smaller than the bicubic support {pad}")
+        raise UsageError(f"input size {n} along dim {dim} is smaller than the bicubic support {pad}")
     head = x.narrow(dim, 0, pad).flip(dim)
     tail = x.narrow(dim, n - pad, pad).flip(dim)
     return torch.cat([head, x, tail], dim)
@@ -145,11 +147,3 @@ class BicubicUpsample(nn.Module):
         x = _symmetric_pad(_symmetric_pad(x, 2, 2), 2, 3)
         y = F.conv2d(x, self.weight.repeat(c, 1, 1, 1), groups=c)
         return F.pixel_shuffle(y, self.scale)
-
-
-def upsample_factors(scale: int) -> tuple[int, ...]:
-    """x4 is two x2 pixel-shuffle stages (as in the paper); x2 and x3 are one stage."""
-    factors = {2: (2,), 3: (3,), 4: (2, 2)}
-    if scale not in factors:
-        raise ValueError(f"scale must be one of {sorted(factors)}, got {scale!r}")
-    return factors[scale]

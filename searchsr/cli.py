@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from searchsr.arch import ArchConfig, apply_overrides, build_model, load_arch
+from searchsr.arch import build_model
+from searchsr.config import ArchConfig, apply_overrides, load_arch
 from searchsr.evaluate import DEFAULT_TILE
 
 
@@ -76,7 +77,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
     """Stability of the latency measurement and the BN-fusion speed-up (a benchmark, not a test)."""
-    from searchsr.arch import PRESETS
+    from searchsr.config import PRESETS
     from searchsr.cost import measure_latency, prepare_for_timing
 
     lr_size = _lr_size(args.lr_size)
@@ -349,7 +350,7 @@ def cmd_bench_concurrency(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from searchsr.arch import PRESETS
+    from searchsr.config import PRESETS
     from searchsr.space import load_space, parse_objectives
     from searchsr.study import load_study, open_storage
     from searchsr.tuner import SearchSettings, run_search

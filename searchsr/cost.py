@@ -33,8 +33,10 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from searchsr.arch import ArchConfig, build_model
+from searchsr.arch import build_model
+from searchsr.config import ArchConfig
 from searchsr.blocks import ACTIVATIONS, make_act
+from searchsr.errors import UsageError
 from searchsr.fuse import fuse_bn
 
 _NONLINEARITIES = tuple({type(make_act(a)) for a in ACTIVATIONS})
@@ -189,7 +191,7 @@ def measure_latency(models: list[nn.Module], lr_size: tuple[int, int] = (256, 25
     The thread count is fixed for the measurement and restored afterwards.
     """
     if runs < 1 or warmup < 0 or threads < 1:
-        raise ValueError(f"runs, threads must be >= 1 and warmup >= 0, got {runs}, {threads}, {warmup}")
+        raise UsageError(f"runs, threads must be >= 1 and warmup >= 0, got {runs}, {threads}, {warmup}")
     device = torch.device(device)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

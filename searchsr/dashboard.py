@@ -42,6 +42,7 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from searchsr.errors import UsageError
 from searchsr.space import OBJECTIVES
 from searchsr.study import check_sqlite_file, mask_url
 
@@ -61,15 +62,15 @@ def readonly_engine(url: str) -> tuple[str, dict[str, Any]]:
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise ValueError(f"--storage: not an SQLAlchemy URL: {mask_url(url)}") from None
+        raise UsageError(f"--storage: not an SQLAlchemy URL: {mask_url(url)}") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:") or database.startswith("file:"):
-            raise ValueError(f"--storage: need an SQLite file path, got {mask_url(url)}")
+            raise UsageError(f"--storage: need an SQLite file path, got {mask_url(url)}")
         path = Path(database).expanduser().resolve()
         if not path.is_file():
-            raise ValueError(f"no SQLite database at {path}")
+            raise UsageError(f"no SQLite database at {path}")
         check_sqlite_file(path)
         return (f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true",
                 {"connect_args": {"timeout": READ_TIMEOUT_S, "check_same_thread": False}})
@@ -77,7 +78,7 @@ def readonly_engine(url: str) -> tuple[str, dict[str, Any]]:
         return url, {"connect_args": {"options": "-c default_transaction_read_only=on"}, "pool_pre_ping": True}
     if backend == "mysql":
         return url, {"connect_args": {"init_command": "SET SESSION TRANSACTION READ ONLY"}, "pool_pre_ping": True}
-    raise ValueError(f"--storage: cannot open {backend} read-only; use SQLite, PostgreSQL or MySQL")
+    raise UsageError(f"--storage: cannot open {backend} read-only; use SQLite, PostgreSQL or MySQL")
 
 
 class ReadOnlyStorage(RDBStorage):
@@ -91,7 +92,7 @@ class ReadOnlyStorage(RDBStorage):
                              skip_table_creation=True)
             self.get_all_studies()  # fail here, not on the first page view, if this is no Optuna storage
         except Exception as err:  # driver errors may quote the URL, password included
-            raise ValueError(f"cannot open storage {mask_url(url)} read-only: {_first_line(err, url)}") from None
+            raise UsageError(f"cannot open storage {mask_url(url)} read-only: {_first_line(err, url)}") from None
 
     def _with_names(self, study_id: int, attrs: dict[str, Any]) -> dict[str, Any]:
         names = self.extra_names.get(study_id)
@@ -182,7 +183,7 @@ def serve(storage: ReadOnlyStorage, host: str, port: int) -> WSGIServer:
     try:
         return make_server(host, port, wsgi(storage), server_class=server_class, handler_class=_QuietHandler)
     except OSError as err:
-        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 def run_dashboard(url: str, study_name: str | None, host: str, port: int,
@@ -195,7 +196,7 @@ def run_dashboard(url: str, study_name: str | None, host: str, port: int,
         chosen = [s for s in studies if s.study_name == study_name]
         if not chosen:
             known = ", ".join(s.study_name for s in studies) or "none"
-            raise ValueError(f"no study named {study_name!r} in {mask_url(url)} (studies: {known})")
+            raise UsageError(f"no study named {study_name!r} in {mask_url(url)} (studies: {known})")
         studies = chosen
         path = f"/dashboard/studies/{chosen[0]._study_id}"
     for message in name_objectives(url, storage, studies):

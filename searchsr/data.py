@@ -24,6 +24,7 @@ import skimage.data
 import torch
 from PIL import Image
 
+from searchsr.errors import UsageError
 from searchsr.imresize import imresize_uint8, mod_crop
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -68,7 +69,7 @@ def make_pair(name: str, hr: np.ndarray, scale: int) -> ImagePair:
     try:
         hr = mod_crop(hr, scale)
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+        raise UsageError(f"{name}: {err}") from None
     hr.setflags(write=False)
     lr = imresize_uint8(hr, 1 / scale)
     lr.setflags(write=False)
@@ -87,19 +88,19 @@ def read_image(path: Path) -> np.ndarray:
             with Image.open(path) as img:
                 gray = img.mode in ("1", "L", "LA")
                 if not gray and img.mode.startswith("I"):  # 16/32-bit gray has no uint8 meaning
-                    raise ValueError(f"unsupported image mode {img.mode}")
+                    raise UsageError(f"unsupported image mode {img.mode}")
                 return np.array(img.convert("L" if gray else "RGB"))
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"{path}: cannot read image ({err})") from None
+        raise UsageError(f"{path}: cannot read image ({err})") from None
 
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (case-insensitive suffix), sorted by name."""
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a directory")
+        raise UsageError(f"{folder}: not a directory")
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return paths
 
 
@@ -120,7 +121,7 @@ def load_skimage(split: str, scale: int) -> ImageSet:
     """The embedded default data: ``split`` is ``train`` or ``val`` (see ``SKIMAGE_TRAIN``/``SKIMAGE_VAL``)."""
     loaders = {"train": SKIMAGE_TRAIN, "val": SKIMAGE_VAL}.get(split)
     if loaders is None:
-        raise ValueError(f"skimage split must be train or val, got {split!r}")
+        raise UsageError(f"skimage split must be train or val, got {split!r}")
     pairs = tuple(make_pair(f"{name}.png", load(), scale) for name, load in loaders.items())
     return ImageSet(f"skimage:{split} ({', '.join(loaders)})", scale, pairs)
 
@@ -142,7 +143,7 @@ def check_patch_size(images: ImageSet, patch_size: int) -> None:
     for pair in images.images:
         h, w = pair.lr.shape[:2]
         if min(h, w) < patch_size:
-            raise ValueError(f"{pair.name}: LR image {h}x{w} is smaller than the "
+            raise UsageError(f"{pair.name}: LR image {h}x{w} is smaller than the "
                              f"{patch_size}x{patch_size} training patch (HR {images.scale}x that)")
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from searchsr.blocks import BicubicUpsample, SqueezeExcite
 from searchsr.data import ImageSet, to_tensor
+from searchsr.errors import UsageError
 from searchsr.imresize import imresize_uint8
 from searchsr.metrics import psnr_y, ssim_y
 
@@ -66,7 +67,7 @@ def bicubic_upscaler(scale: int) -> Upscaler:
 def model_upscaler(model: nn.Module, tile: int = DEFAULT_TILE) -> Upscaler:
     """A network as an upscaler, run in eval mode on the device it is on."""
     if tile < 16:
-        raise ValueError(f"tile must be at least 16 LR pixels, got {tile}")
+        raise UsageError(f"tile must be at least 16 LR pixels, got {tile}")
     return functools.partial(upscale, model, tile=tile)
 
 
@@ -165,7 +166,7 @@ def forward_tiled(model: nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
     def hook(se: nn.Module, args: tuple[torch.Tensor], _output: torch.Tensor) -> torch.Tensor:
         (inp,) = args
         if inp.shape[-2:] != current.window(x).shape[-2:]:
-            raise ValueError("tiled inference needs squeeze-excite layers at the input resolution")
+            raise UsageError("tiled inference needs squeeze-excite layers at the input resolution")
         if se in means:
             return inp * _se_gate(se, means[se])
         ys, xs = current.core()
@@ -201,7 +202,7 @@ def check_scorable(images: ImageSet) -> None:
     for pair in images.images:
         h, w = pair.hr.shape[:2]
         if min(h, w) - 2 * images.scale < _SSIM_WINDOW:
-            raise ValueError(f"{pair.name}: HR {h}x{w} is too small to score at x{images.scale} "
+            raise UsageError(f"{pair.name}: HR {h}x{w} is too small to score at x{images.scale} "
                              f"(needs {_SSIM_WINDOW + 2 * images.scale} px after the crop border)")
 
 
@@ -215,7 +216,7 @@ def evaluate(upscaler: Upscaler, images: ImageSet, save_dir: Path | None = None)
     for pair in images.images:
         sr = upscaler(pair.lr)
         if sr.shape != pair.hr.shape:
-            raise ValueError(f"{pair.name}: output {sr.shape} does not match HR {pair.hr.shape} "
+            raise UsageError(f"{pair.name}: output {sr.shape} does not match HR {pair.hr.shape} "
                              f"(is the network's scale x{images.scale}?)")
         scores.append(ImageScore(pair.name, psnr_y(sr, pair.hr, images.scale), ssim_y(sr, pair.hr, images.scale)))
         if save_dir is not None:

@@ -62,8 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from searchsr.arch import ArchConfig, MobileSR, build_model
+from searchsr.arch import MobileSR, build_model
+from searchsr.config import ArchConfig
 from searchsr.blocks import BicubicUpsample, SqueezeExcite, _symmetric_pad
+from searchsr.errors import UsageError, VerificationError
 from searchsr.evaluate import _se_gate, context_radius
 from searchsr.fuse import fuse_bn
 
@@ -85,10 +87,6 @@ INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 META_PREFIX = "searchsr."  # ONNX metadata_props keys
 
 
-class VerificationError(ValueError):
-    """An exported model disagrees with PyTorch; nothing was written."""
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -108,26 +106,26 @@ def load_weights(path: str | Path, cfg: ArchConfig | None = None) -> tuple[ArchC
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such weights file")
+        raise UsageError(f"{path}: no such weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as err:  # SafetensorError (truncated, not safetensors), OSError, ...
-        raise ValueError(f"{path}: not a valid safetensors file, truncated or corrupt "
+        raise UsageError(f"{path}: not a valid safetensors file, truncated or corrupt "
                          f"({_first_line(err)})") from None
     stored = None
     if "arch" in metadata:
         try:
             stored = ArchConfig.from_json(metadata["arch"])
         except (ValueError, TypeError) as err:
-            raise ValueError(f"{path}: metadata 'arch' is not a valid architecture ({_first_line(err)})") from None
+            raise UsageError(f"{path}: metadata 'arch' is not a valid architecture ({_first_line(err)})") from None
     if cfg is None:
         if stored is None:
-            raise ValueError(f"{path}: no architecture given and none in the file's metadata")
+            raise UsageError(f"{path}: no architecture given and none in the file's metadata")
         cfg = stored
     elif stored is not None and stored != cfg:
-        raise ValueError(f"{path}: weights are for {stored.to_json()}, not {cfg.to_json()}")
+        raise UsageError(f"{path}: weights are for {stored.to_json()}, not {cfg.to_json()}")
     model = build_model(cfg)
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
@@ -138,16 +136,16 @@ def load_weights(path: str | Path, cfg: ArchConfig | None = None) -> tuple[ArchC
             if keys:
                 more = f" (+{len(keys) - 1} more)" if len(keys) > 1 else ""
                 parts.append(f"{label} tensor {keys[0]!r}{more}")
-        raise ValueError(f"{path}: weights do not match the architecture: {', '.join(parts)}")
+        raise UsageError(f"{path}: weights do not match the architecture: {', '.join(parts)}")
     for key, want in expected.items():
         got = tensors[key]
         if tuple(got.shape) != tuple(want.shape):
-            raise ValueError(f"{path}: tensor {key!r} has shape {tuple(got.shape)}, "
+            raise UsageError(f"{path}: tensor {key!r} has shape {tuple(got.shape)}, "
                              f"the architecture needs {tuple(want.shape)}")
         if got.dtype.is_floating_point != want.dtype.is_floating_point or got.dtype.is_complex:
-            raise ValueError(f"{path}: tensor {key!r} has dtype {got.dtype}, expected {want.dtype}")
+            raise UsageError(f"{path}: tensor {key!r} has dtype {got.dtype}, expected {want.dtype}")
         if got.dtype.is_floating_point and not torch.isfinite(got).all():
-            raise ValueError(f"{path}: tensor {key!r} contains NaN or infinite values")
+            raise UsageError(f"{path}: tensor {key!r} contains NaN or infinite values")
     model.load_state_dict(tensors)
     return cfg, model.eval()
 
@@ -156,7 +154,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not readable JSON ({_first_line(err)})") from None
+        raise UsageError(f"{path}: not readable JSON ({_first_line(err)})") from None
 
 
 def load_run(run_dir: str | Path) -> tuple[ArchConfig, MobileSR, dict[str, Any]]:
@@ -169,18 +167,18 @@ def load_run(run_dir: str | Path) -> tuple[ArchConfig, MobileSR, dict[str, Any]]
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ValueError(f"{run_dir}: no such run folder")
+        raise UsageError(f"{run_dir}: no such run folder")
     if not (run_dir / CONFIG).is_file():
-        raise ValueError(f"{run_dir}: not a run folder (no {CONFIG})")
+        raise UsageError(f"{run_dir}: not a run folder (no {CONFIG})")
     if not (run_dir / WEIGHTS).is_file():
-        raise ValueError(f"{run_dir}: no {WEIGHTS}: training has not finished (resume it with --resume)")
+        raise UsageError(f"{run_dir}: no {WEIGHTS}: training has not finished (resume it with --resume)")
     config = _read_json(run_dir / CONFIG)
     if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
-        raise ValueError(f"{run_dir / CONFIG}: no 'arch' mapping")
+        raise UsageError(f"{run_dir / CONFIG}: no 'arch' mapping")
     try:
         cfg = ArchConfig.from_dict(config["arch"])
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{run_dir / CONFIG}: {_first_line(err)}") from None
+        raise UsageError(f"{run_dir / CONFIG}: {_first_line(err)}") from None
     cfg, model = load_weights(run_dir / WEIGHTS, cfg)
     return cfg, model, run_provenance(run_dir, config)
 
@@ -215,7 +213,7 @@ def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
     items = [t for t in items if t]
     unknown = [t for t in items if t not in FORMATS]
     if unknown or not items:
-        raise ValueError(f"--format takes a comma-separated subset of {','.join(FORMATS)}, got {text!r}")
+        raise UsageError(f"--format takes a comma-separated subset of {','.join(FORMATS)}, got {text!r}")
     return tuple(f for f in FORMATS if f in items)
 
 
@@ -339,7 +337,7 @@ def ort_session(path: str | Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own pybind exception types
-        raise ValueError(f"{path}: cannot load ONNX model ({_first_line(err)})") from None
+        raise UsageError(f"{path}: cannot load ONNX model ({_first_line(err)})") from None
 
 
 # --------------------------------------------------------------------------- export
@@ -386,7 +384,7 @@ def _write_onnx(deploy: nn.Module, cfg: ArchConfig, tmp: Path, radius: int) -> l
     if tiled.n_se == 0:
         return written
     if len(set(tiled.channels)) != 1:
-        raise ValueError(f"squeeze-excite layers of unequal width {tiled.channels} cannot share one se_means input")
+        raise UsageError(f"squeeze-excite layers of unequal width {tiled.channels} cannot share one se_means input")
     means = torch.rand(tiled.n_se, tiled.channels[0])
     mask = torch.ones(1, 1, 32, 24)
     (tmp / TILES_FILE).write_bytes(_onnx_bytes(
@@ -491,9 +489,9 @@ def check_out_dir(out_dir: Path) -> Path:
     """Check ``out_dir`` can be created (new, or an empty folder) and return its nearest existing ancestor."""
     if out_dir.exists() or out_dir.is_symlink():
         if not out_dir.is_dir():
-            raise ValueError(f"{out_dir}: exists and is not a folder")
+            raise UsageError(f"{out_dir}: exists and is not a folder")
         if any(out_dir.iterdir()):
-            raise ValueError(f"{out_dir}: exists and is not empty (export into a new folder)")
+            raise UsageError(f"{out_dir}: exists and is not empty (export into a new folder)")
     return writable_ancestor(out_dir, out_dir.parent)
 
 
@@ -503,9 +501,9 @@ def writable_ancestor(out_dir: Path, start: Path) -> Path:
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ValueError(f"{out_dir}: {ancestor} is not a folder")
+        raise UsageError(f"{out_dir}: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{out_dir}: {ancestor} is not writable")
+        raise UsageError(f"{out_dir}: {ancestor} is not writable")
     return ancestor
 
 
@@ -529,11 +527,11 @@ def export_model(cfg: ArchConfig, model: nn.Module, out_dir: str | Path,
     formats = parse_formats(list(formats))
     provenance = dict(provenance or {})
     if not isinstance(model, MobileSR):
-        raise ValueError(f"expected a searchsr MobileSR network, got {type(model).__name__}")
+        raise UsageError(f"expected a searchsr MobileSR network, got {type(model).__name__}")
     expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
     actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if expected != actual:
-        raise ValueError(f"the model's tensors do not match {cfg.to_json()}")
+        raise UsageError(f"the model's tensors do not match {cfg.to_json()}")
     out_dir = Path(out_dir)
     ancestor = check_out_dir(out_dir)
 
@@ -546,7 +544,7 @@ def export_model(cfg: ArchConfig, model: nn.Module, out_dir: str | Path,
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=ancestor))
     except OSError as err:
-        raise ValueError(f"{out_dir}: cannot write in {ancestor} ({err.strerror or err})") from None
+        raise UsageError(f"{out_dir}: cannot write in {ancestor} ({err.strerror or err})") from None
     try:
         written: list[str] = []
         if "yaml" in formats:
@@ -614,7 +612,7 @@ def export_model(cfg: ArchConfig, model: nn.Module, out_dir: str | Path,
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, out_dir)  # atomic; replaces an empty folder, fails on a non-empty one
         except OSError as err:
-            raise ValueError(f"{out_dir}: cannot move the export into place ({err.strerror or err})") from None
+            raise UsageError(f"{out_dir}: cannot move the export into place ({err.strerror or err})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,6 +17,8 @@ import math
 import numpy as np
 import scipy.sparse
 
+from searchsr.errors import UsageError
+
 
 def cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
     """Keys' cubic convolution kernel; MATLAB's bicubic uses a = -0.5."""
@@ -83,19 +85,19 @@ def imresize(
     to quantise.
     """
     if (scale is None) == (output_shape is None):
-        raise ValueError("give exactly one of scale or output_shape")
+        raise UsageError("give exactly one of scale or output_shape")
     if img.ndim not in (2, 3):
-        raise ValueError(f"expected an HxW or HxWxC array, got shape {img.shape}")
+        raise UsageError(f"expected an HxW or HxWxC array, got shape {img.shape}")
     in_shape = img.shape[:2]
     if scale is not None:
         if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+            raise UsageError(f"scale must be positive, got {scale}")
         scales = (float(scale), float(scale))
         out_shape = tuple(math.ceil(scale * n) for n in in_shape)
     else:
         out_shape = tuple(int(n) for n in output_shape)
         if len(out_shape) != 2 or min(out_shape) < 1:
-            raise ValueError(f"output_shape must be two positive ints, got {output_shape}")
+            raise UsageError(f"output_shape must be two positive ints, got {output_shape}")
         scales = tuple(o / i for o, i in zip(out_shape, in_shape))
 
     out = np.asarray(img, dtype=np.float64)
@@ -109,7 +111,7 @@ def imresize(
 def imresize_uint8(img: np.ndarray, scale: float) -> np.ndarray:
     """Resize a uint8 image as MATLAB does: compute in float, round, saturate."""
     if img.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
+        raise UsageError(f"expected a uint8 image, got dtype {img.dtype}")
     out = imresize(img.astype(np.float64), scale)
     # MATLAB's cast to uint8 rounds half away from zero and clips to [0, 255].
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
@@ -122,9 +124,9 @@ def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
     and upscaling back returns exactly the HR size.
     """
     if scale < 1 or int(scale) != scale:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
+        raise UsageError(f"scale must be a positive integer, got {scale}")
     scale = int(scale)
     h, w = img.shape[:2]
     if h < scale or w < scale:
-        raise ValueError(f"image of shape {img.shape} is smaller than scale {scale}")
+        raise UsageError(f"image of shape {img.shape} is smaller than scale {scale}")
     return img[: h - h % scale, : w - w % scale]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import correlate1d
 
+from searchsr.errors import UsageError
+
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
@@ -26,19 +28,19 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         return img
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an HxW or HxWx3 image, got shape {img.shape}")
+        raise UsageError(f"expected an HxW or HxWx3 image, got shape {img.shape}")
     return 16.0 + img @ _Y_WEIGHTS
 
 
 def _y_pair(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> tuple[np.ndarray, np.ndarray]:
     """Y channels of both images with ``crop_border`` pixels removed per side."""
     if sr.shape != hr.shape:
-        raise ValueError(f"shape mismatch: sr {sr.shape} vs hr {hr.shape}")
+        raise UsageError(f"shape mismatch: sr {sr.shape} vs hr {hr.shape}")
     if crop_border < 0:
-        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
+        raise UsageError(f"crop_border must be >= 0, got {crop_border}")
     h, w = hr.shape[:2]
     if 2 * crop_border >= min(h, w):
-        raise ValueError(f"crop_border={crop_border} leaves nothing of a {h}x{w} image")
+        raise UsageError(f"crop_border={crop_border} leaves nothing of a {h}x{w} image")
     c = crop_border
     sr_y, hr_y = rgb_to_y(sr), rgb_to_y(hr)
     return sr_y[c : h - c, c : w - c], hr_y[c : h - c, c : w - c]
@@ -72,7 +74,7 @@ def ssim_y(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
     x, y = _y_pair(sr, hr, crop_border)
     window = _gaussian_window()
     if min(x.shape) < len(window):
-        raise ValueError(f"cropped image {x.shape} is smaller than the {len(window)}px SSIM window")
+        raise UsageError(f"cropped image {x.shape} is smaller than the {len(window)}px SSIM window")
     mu_x, mu_y = _filter_valid(x, window), _filter_valid(y, window)
     var_x = _filter_valid(x * x, window) - mu_x**2
     var_y = _filter_valid(y * y, window) - mu_y**2

@@ -18,6 +18,7 @@ import pandas as pd
 from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
+from searchsr.errors import UsageError
 from searchsr.space import OBJECTIVES, Objective
 
 
@@ -44,7 +45,7 @@ def study_objectives(study: optuna.Study) -> tuple[Objective, ...]:
     names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown:
-        raise ValueError(f"study {study.study_name!r} has objectives searchsr does not know: {unknown}")
+        raise UsageError(f"study {study.study_name!r} has objectives searchsr does not know: {unknown}")
     return tuple(Objective(n, *OBJECTIVES[n]) for n in names)
 
 

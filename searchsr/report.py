@@ -34,6 +34,7 @@ import plotly.io as pio
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
+from searchsr.errors import UsageError
 from searchsr.pareto import Front, compute_front, front_table, hypervolume_history, study_objectives
 from searchsr.space import Objective
 
@@ -404,20 +405,20 @@ def check_out(out: str | Path) -> Path:
     command that fails later leaves no folder behind (``write_report`` makes the missing ones)."""
     path = Path(out)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out must end in .html, got {out}")
+        raise UsageError(f"--out must end in .html, got {out}")
     if path.is_dir():
-        raise ValueError(f"--out {out} is a directory")
+        raise UsageError(f"--out {out} is a directory")
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise ValueError(f"cannot write --out {out}: {ancestor} is not a folder")
+        raise UsageError(f"cannot write --out {out}: {ancestor} is not a folder")
     try:
         fd, probe = tempfile.mkstemp(dir=ancestor, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ValueError(f"cannot write --out {out}: {err.strerror or err}") from None
+        raise UsageError(f"cannot write --out {out}: {err.strerror or err}") from None
     return path
 
 
@@ -427,7 +428,7 @@ def write_report(text: str, out: str | Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"cannot write --out {out}: {err.strerror or err}") from None
+        raise UsageError(f"cannot write --out {out}: {err.strerror or err}") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with io.open(fd, "w", encoding="utf-8") as handle:

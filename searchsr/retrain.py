@@ -24,7 +24,9 @@ import pandas as pd
 from optuna.trial import TrialState
 from scipy import stats
 
-from searchsr.arch import PRESETS, ArchConfig, build_model
+from searchsr.arch import build_model
+from searchsr.config import PRESETS, ArchConfig
+from searchsr.errors import UsageError
 from searchsr.schedule import Schedule
 
 
@@ -53,19 +55,19 @@ def select_jobs(study: optuna.Study, trials: list[int] | None, front: bool, base
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     chosen = sorted(t.number for t in study.best_trials) if front else list(trials or [])
     if not chosen and not baselines:
-        raise ValueError("nothing to retrain: give --trials, --front or --baselines")
+        raise UsageError("nothing to retrain: give --trials, --front or --baselines")
     jobs = []
     for number in chosen:
         trial = by_number.get(number)
         if trial is None:
-            raise ValueError(f"study {study.study_name!r} has no trial {number}")
+            raise UsageError(f"study {study.study_name!r} has no trial {number}")
         if trial.state != TrialState.COMPLETE or "arch" not in trial.user_attrs:
-            raise ValueError(f"trial {number} is {trial.state.name}, not a completed search trial")
+            raise UsageError(f"trial {number} is {trial.state.name}, not a completed search trial")
         jobs.append(Job(f"trial_{number}", ArchConfig.from_dict(trial.user_attrs["arch"]), number,
                         trial.user_attrs.get("psnr")))
     for name in baselines:
         if name not in PRESETS:
-            raise ValueError(f"--baselines: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+            raise UsageError(f"--baselines: unknown preset {name!r} (known: {', '.join(PRESETS)})")
         match = [t for t in by_number.values() if t.state == TrialState.COMPLETE
                  and t.user_attrs.get("arch") == PRESETS[name].to_dict()]
         if not any(job.arch == PRESETS[name] for job in jobs):
@@ -257,7 +259,7 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     from searchsr.tuner import CostMeter, start_ray
 
     if settings.out.exists() and not settings.out.is_dir():
-        raise ValueError(f"--out {settings.out}: exists and is not a folder")
+        raise UsageError(f"--out {settings.out}: exists and is not a folder")
     writable_ancestor(settings.out, settings.out)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
     jobs = select_jobs(study, settings.trials, settings.front, settings.baselines)

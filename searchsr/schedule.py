@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from searchsr.errors import UsageError
+
 SCHEDULE_DIR = Path(__file__).parent / "schedules"
 
 
@@ -61,15 +63,15 @@ class Schedule:
     def from_dict(cls, name: str, data: Any) -> Schedule:
         """Unknown or missing keys are errors: a typo must not silently train the default."""
         if not isinstance(data, dict):
-            raise ValueError(f"a schedule must be a mapping, got {type(data).__name__}")
+            raise UsageError(f"a schedule must be a mapping, got {type(data).__name__}")
         keys = [f.name for f in fields(cls) if f.name != "name"]
         unknown = sorted(set(data) - set(keys))
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(keys)})")
+            raise UsageError(f"unknown key {unknown[0]!r} (known: {', '.join(keys)})")
         required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.name != "name"]
         missing = [k for k in required if k not in data]
         if missing:
-            raise ValueError(f"missing key {missing[0]!r}")
+            raise UsageError(f"missing key {missing[0]!r}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(name=name, **values)
 
@@ -84,19 +86,19 @@ def _is_number(value: Any) -> bool:
 
 def _check(key: str, value: Any, ok: bool, rule: str) -> None:
     if not ok:
-        raise ValueError(f"key {key!r} must be {rule}, got {value!r}")
+        raise UsageError(f"key {key!r} must be {rule}, got {value!r}")
 
 
 def load_schedule(spec: str) -> Schedule:
     """A shipped schedule name (``smoke``, ``short``, ``full``) or a YAML file."""
     path = SCHEDULE_DIR / f"{spec}.yaml" if spec in shipped_schedules() else Path(spec)
     if not path.is_file():
-        raise ValueError(f"unknown schedule {spec!r}: not one of {', '.join(shipped_schedules())} "
+        raise UsageError(f"unknown schedule {spec!r}: not one of {', '.join(shipped_schedules())} "
                          "or an existing YAML file")
     try:
         data = yaml.safe_load(path.read_text())
         return Schedule.from_dict(path.stem, data)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UsageError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None

@@ -40,7 +40,8 @@ from typing import Any
 import optuna
 import yaml
 
-from searchsr.arch import ArchConfig
+from searchsr.config import ArchConfig
+from searchsr.errors import UsageError
 
 Scalar = bool | int | float | str
 SCALARS = (bool, int, float, str)
@@ -80,17 +81,17 @@ def _check_range(low: Any, high: Any, step: Any, log: Any, integer: bool) -> Non
         if isinstance(value, bool) or not (isinstance(value, int) if integer else
                                            _is_number(value) and math.isfinite(value)):
             hint = " (YAML 1.1 reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) else ""
-            raise ValueError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}{hint}")
+            raise UsageError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {value!r}{hint}")
     if not isinstance(log, bool):
-        raise ValueError(f"log must be true or false, got {log!r}")
+        raise UsageError(f"log must be true or false, got {log!r}")
     if low > high:
-        raise ValueError(f"inverted range: low {low} > high {high}")
+        raise UsageError(f"inverted range: low {low} > high {high}")
     if step is not None and step <= 0:
-        raise ValueError(f"step must be > 0, got {step}")
+        raise UsageError(f"step must be > 0, got {step}")
     if step is not None and abs((high - low) / step - round((high - low) / step)) > 1e-9:
-        raise ValueError(f"high - low must be a multiple of step {step}, got [{low}, {high}]")
+        raise UsageError(f"high - low must be a multiple of step {step}, got [{low}, {high}]")
     if log and (low <= 0 or step != (1 if integer else None)):
-        raise ValueError(f"log needs low > 0 and {'step 1' if integer else 'no step'}, got low {low}, step {step}")
+        raise UsageError(f"log needs low > 0 and {'step 1' if integer else 'no step'}, got low {low}, step {step}")
 
 
 def _edges(low: float, high: float, step: float | None) -> tuple[Any, ...]:
@@ -148,12 +149,12 @@ class Categorical:
 
     def __post_init__(self) -> None:
         if not isinstance(self.choices, tuple) or not self.choices:
-            raise ValueError(f"choices must be a non-empty list, got {self.choices!r}")
+            raise UsageError(f"choices must be a non-empty list, got {self.choices!r}")
         for choice in self.choices:
             if not isinstance(choice, SCALARS):
-                raise ValueError(f"choices must be numbers, strings or booleans, got {choice!r}")
+                raise UsageError(f"choices must be numbers, strings or booleans, got {choice!r}")
         if len({(type(c), c) for c in self.choices}) != len(self.choices):
-            raise ValueError(f"duplicate choice in {list(self.choices)}")
+            raise UsageError(f"duplicate choice in {list(self.choices)}")
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
         return trial.suggest_categorical(name, list(self.choices))
@@ -171,7 +172,7 @@ class Fixed:
 
     def __post_init__(self) -> None:
         if not isinstance(self.value, SCALARS):
-            raise ValueError(f"a fixed value must be a number, string or boolean, got {self.value!r}")
+            raise UsageError(f"a fixed value must be a number, string or boolean, got {self.value!r}")
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Scalar:
         return self.value
@@ -202,16 +203,16 @@ class Constraint:
         number = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
         match = re.fullmatch(rf"\s*(\w+)\s*(<=|>=)\s*({number})\s*", text) if isinstance(text, str) else None
         if match is None:
-            raise ValueError(f"expected '<metric> <= <number>' or '<metric> >= <number>', got {text!r}")
+            raise UsageError(f"expected '<metric> <= <number>' or '<metric> >= <number>', got {text!r}")
         metric, op, bound = match.groups()
         if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
+            raise UsageError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
         return cls(metric, op, float(bound))
 
     def value(self, metrics: Mapping[str, float]) -> float:
         """Optuna's convention: <= 0 is feasible, and the size says by how much it is violated."""
         if self.metric not in metrics:
-            raise ValueError(f"constraint {self} needs metric {self.metric!r}, have {sorted(metrics)}")
+            raise UsageError(f"constraint {self} needs metric {self.metric!r}, have {sorted(metrics)}")
         excess = float(metrics[self.metric]) - self.bound
         return excess if self.op == "<=" else -excess
 
@@ -243,10 +244,10 @@ def parse_objectives(text: str) -> tuple[Objective, ...]:
     names = [n.strip() for n in text.split(",")]
     for name in names:
         if name not in OBJECTIVES:
-            raise ValueError(f"unknown objective {name!r} (choose from {', '.join(OBJECTIVES)})")
+            raise UsageError(f"unknown objective {name!r} (choose from {', '.join(OBJECTIVES)})")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"objective {duplicates[0]!r} given twice")
+        raise UsageError(f"objective {duplicates[0]!r} given twice")
     return tuple(Objective(n, *OBJECTIVES[n]) for n in names)
 
 
@@ -266,7 +267,7 @@ def _build(values: dict[str, Any], key: str | None = None) -> None:
     except ValueError as error:
         field = key or str(error).split()[0]
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
-        raise ValueError(f"params.{field}: rejected by the architecture ({shown}): {error}") from None
+        raise UsageError(f"params.{field}: rejected by the architecture ({shown}): {error}") from None
 
 
 @dataclass(frozen=True)
@@ -281,12 +282,12 @@ class SearchSpace:
         declared: dict[str, Param] = {}
         for name, param in self.params.items():
             if name not in DEFAULTS:
-                raise ValueError(f"params.{name}: not an ArchConfig field (known: {', '.join(DEFAULTS)})")
+                raise UsageError(f"params.{name}: not an ArchConfig field (known: {', '.join(DEFAULTS)})")
             for other, value in param.when:
                 if not isinstance(declared.get(other), (Categorical, Fixed)):
-                    raise ValueError(f"params.{name}.when.{other}: not a choices/fixed param declared above {name!r}")
+                    raise UsageError(f"params.{name}.when.{other}: not a choices/fixed param declared above {name!r}")
                 if not any(_same(value, v) for v in declared[other].probes()):
-                    raise ValueError(f"params.{name}.when.{other}: {value!r} is not a value {other!r} can take")
+                    raise UsageError(f"params.{name}.when.{other}: {value!r} is not a value {other!r} can take")
             declared[name] = param
         # Each value alone (others at defaults, its condition met), then every corner of all
         # ranges together, which catches interactions such as se_ratio vs nf * expansion.
@@ -305,29 +306,29 @@ def _parse_param(spec: Any) -> Param:
     """One ``params`` entry: a bare scalar (fixed) or a mapping with exactly one kind key."""
     if not isinstance(spec, dict):
         if isinstance(spec, list):
-            raise ValueError(f"a bare list is ambiguous, write {{choices: {spec}}}")
+            raise UsageError(f"a bare list is ambiguous, write {{choices: {spec}}}")
         return Fixed(spec)
     kinds = [k for k in _SPEC_KEYS if k in spec]
     if len(kinds) != 1:
-        raise ValueError(f"needs exactly one of {', '.join(_SPEC_KEYS)}, got {sorted(spec)}")
+        raise UsageError(f"needs exactly one of {', '.join(_SPEC_KEYS)}, got {sorted(spec)}")
     kind = kinds[0]
     allowed = {kind, "when"} | _SPEC_KEYS[kind]
     unknown = [k for k in spec if k not in allowed]
     if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} for {kind} (allowed: {', '.join(sorted(allowed))})")
+        raise UsageError(f"unknown key {unknown[0]!r} for {kind} (allowed: {', '.join(sorted(allowed))})")
     when = spec.get("when", {})
     if not isinstance(when, dict) or not all(isinstance(v, SCALARS) for v in when.values()):
-        raise ValueError(f"when must be a mapping {{param: value, ...}} of scalars, got {when!r}")
+        raise UsageError(f"when must be a mapping {{param: value, ...}} of scalars, got {when!r}")
     options: dict[str, Any] = {k: spec[k] for k in _SPEC_KEYS[kind] if k in spec}
     options["when"] = tuple(when.items())
     value = spec[kind]
     if kind in ("int", "float"):
         if not isinstance(value, list) or len(value) != 2:
-            raise ValueError(f"{kind} must be [low, high], got {value!r}")
+            raise UsageError(f"{kind} must be [low, high], got {value!r}")
         return (Int if kind == "int" else Float)(*value, **options)
     if kind == "choices":
         if not isinstance(value, list):
-            raise ValueError(f"choices must be a non-empty list, got {value!r}")
+            raise UsageError(f"choices must be a non-empty list, got {value!r}")
         return Categorical(tuple(value), **options)
     return Fixed(value, **options)
 
@@ -336,41 +337,41 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
     except OSError as error:
-        raise ValueError(f"cannot read: {error.strerror}") from None
+        raise UsageError(f"cannot read: {error.strerror}") from None
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ValueError(f"{where}invalid YAML: {error.problem or error.context}") from None
+        raise UsageError(f"{where}invalid YAML: {error.problem or error.context}") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"invalid YAML: {error}") from None
+        raise UsageError(f"invalid YAML: {error}") from None
 
 
 def _parse_space(data: Any, source: str) -> SearchSpace:
     if not isinstance(data, dict):
-        raise ValueError(f"top level: must be a mapping with 'params' and optional 'constraints', got {data!r}")
+        raise UsageError(f"top level: must be a mapping with 'params' and optional 'constraints', got {data!r}")
     unknown = [k for k in data if k not in ("params", "constraints")]
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown top-level key (allowed: params, constraints)")
+        raise UsageError(f"{unknown[0]}: unknown top-level key (allowed: params, constraints)")
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
-        raise ValueError(f"params: must be a non-empty mapping of ArchConfig fields, got {raw_params!r}")
+        raise UsageError(f"params: must be a non-empty mapping of ArchConfig fields, got {raw_params!r}")
     params: dict[str, Param] = {}
     for name, spec in raw_params.items():
         try:
             params[name] = _parse_param(spec)
         except ValueError as error:
-            raise ValueError(f"params.{name}: {error}") from None
+            raise UsageError(f"params.{name}: {error}") from None
     raw_constraints = data.get("constraints") or []
     if not isinstance(raw_constraints, list):
-        raise ValueError(f"constraints: must be a list of strings like 'latency_ms <= 40', got {raw_constraints!r}")
+        raise UsageError(f"constraints: must be a list of strings like 'latency_ms <= 40', got {raw_constraints!r}")
     constraints = []
     for i, text in enumerate(raw_constraints):
         try:
             constraints.append(Constraint.parse(text))
         except ValueError as error:
-            raise ValueError(f"constraints[{i}]: {error}") from None
+            raise UsageError(f"constraints[{i}]: {error}") from None
     return SearchSpace(params, tuple(constraints), source)
 
 
@@ -380,7 +381,7 @@ def load_space(path: str | Path) -> SearchSpace:
     try:
         return _parse_space(_read_yaml(path), str(path))
     except ValueError as error:
-        raise ValueError(f"{path}: " + " ".join(str(error).split())) from None
+        raise UsageError(f"{path}: " + " ".join(str(error).split())) from None
 
 
 def sample_values(space: SearchSpace, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
@@ -411,7 +412,7 @@ def to_params(space: SearchSpace, cfg: ArchConfig) -> dict[str, Any]:
         if isinstance(param, Categorical):  # Optuna fails a trial whose enqueued value is not a choice
             matches = [c for c in param.choices if _same(c, value)]
             if not matches:
-                raise ValueError(f"{name}={value!r} is not one of the choices {list(param.choices)} in {space.source}")
+                raise UsageError(f"{name}={value!r} is not one of the choices {list(param.choices)} in {space.source}")
             value = matches[0]  # the choice's own type (2, not 2.0), as trial.params will hold it
         if not isinstance(param, Fixed):
             params[name] = value
@@ -421,5 +422,5 @@ def to_params(space: SearchSpace, cfg: ArchConfig) -> dict[str, Any]:
     diff = [f"{f.name}={getattr(cfg, f.name)!r} (space gives {getattr(rebuilt, f.name)!r})"
             for f in fields(cfg) if getattr(cfg, f.name) != getattr(rebuilt, f.name)]
     if diff:
-        raise ValueError(f"{space.source} cannot produce this architecture: {', '.join(diff)}")
+        raise UsageError(f"{space.source} cannot produce this architecture: {', '.join(diff)}")
     return params

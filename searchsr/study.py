@@ -44,6 +44,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
+from searchsr.errors import UsageError
 from searchsr.space import Constraint, Objective, SearchSpace, sample_values, set_constraints, to_params
 
 DEFAULT_STORAGE = "sqlite:///studies/searchsr.db"
@@ -68,7 +69,7 @@ def check_study_name(name: str) -> str:
     """A study name is also a folder name (``--runs-dir/<study>``, Ray's experiment): no path tricks."""
     if (not name or len(name) > MAX_STUDY_NAME or name.startswith(".")
             or not all(c.isalnum() or c in "-_." for c in name)):
-        raise ValueError(f"--study must be letters, digits, '-', '_' or '.' (not first), at most "
+        raise UsageError(f"--study must be letters, digits, '-', '_' or '.' (not first), at most "
                          f"{MAX_STUDY_NAME} characters, got {name!r}")
     return name
 
@@ -85,9 +86,9 @@ def check_sqlite_file(path: Path) -> None:
                                                   timeout=30)) as con:  # a live search may be committing
             problems = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
     except sqlite3.Error as err:
-        raise ValueError(f"{path}: not a usable SQLite database ({err})") from None
+        raise UsageError(f"{path}: not a usable SQLite database ({err})") from None
     if problems != ["ok"]:
-        raise ValueError(f"{path}: damaged SQLite database ({' '.join('; '.join(problems).split())[:200]})")
+        raise UsageError(f"{path}: damaged SQLite database ({' '.join('; '.join(problems).split())[:200]})")
 
 
 def open_storage(url: str, stale_after: int = STALE_AFTER_S, create: bool = True) -> RDBStorage:
@@ -99,11 +100,11 @@ def open_storage(url: str, stale_after: int = STALE_AFTER_S, create: bool = True
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise ValueError(f"--storage: not an SQLAlchemy URL: {mask_url(url)}") from None
+        raise UsageError(f"--storage: not an SQLAlchemy URL: {mask_url(url)}") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         database = Path(parsed.database)
         if not create and not (database.is_file() and database.stat().st_size):
-            raise ValueError(f"no study storage at {parsed.database}")
+            raise UsageError(f"no study storage at {parsed.database}")
         if database.is_file():
             check_sqlite_file(database)  # never let Optuna write into a damaged file
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def open_storage(url: str, stale_after: int = STALE_AFTER_S, create: bool = True
                 time.sleep(0.1 * attempt)
                 continue
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"cannot open storage {mask_url(url)}: {first.replace(url, mask_url(url))}") from None
+            raise UsageError(f"cannot open storage {mask_url(url)}: {first.replace(url, mask_url(url))}") from None
 
 
 def _lost_schema_race(err: Exception) -> bool:
@@ -158,7 +159,7 @@ def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSam
                                           multivariate=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
 def load_study(study_name: str, storage: RDBStorage, sampler: optuna.samplers.BaseSampler | None = None
@@ -166,7 +167,7 @@ def load_study(study_name: str, storage: RDBStorage, sampler: optuna.samplers.Ba
     try:
         return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     except KeyError:
-        raise ValueError(f"no study named {study_name!r} in this storage") from None
+        raise UsageError(f"no study named {study_name!r} in this storage") from None
 
 
 def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, ...], sampler: str,
@@ -182,7 +183,7 @@ def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, .
     if name in existing:
         study = load_study(name, storage)
         if study.metric_names and list(study.metric_names) != names:
-            raise ValueError(f"study {name!r} optimises {','.join(study.metric_names)}, not {','.join(names)}: "
+            raise UsageError(f"study {name!r} optimises {','.join(study.metric_names)}, not {','.join(names)}: "
                              f"use another --study or the same --objectives")
         offset = len(study.trials)
     else:
@@ -297,16 +298,16 @@ def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, const
 def preset_params(space: SearchSpace, names: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """The Optuna params of each named paper preset in ``space``; ValueError for an unknown preset
     or one the space cannot produce (``run`` calls this before touching the storage)."""
-    from searchsr.arch import PRESETS
+    from searchsr.config import PRESETS
 
     params = {}
     for name in names:
         if name not in PRESETS:
-            raise ValueError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+            raise UsageError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
         try:
             params[name] = to_params(space, PRESETS[name])
         except ValueError as err:
-            raise ValueError(f"--enqueue {name}: {err}") from None
+            raise UsageError(f"--enqueue {name}: {err}") from None
     return params
 
 
@@ -351,10 +352,10 @@ def trial_run_dir(study: optuna.Study, number: int) -> Path:
     """The run folder holding a trial's weights: its retrained one when ``retrain`` made it, else the search's."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
-        raise ValueError(f"study {study.study_name!r} has no trial {number}")
+        raise UsageError(f"study {study.study_name!r} has no trial {number}")
     trial = trials[number]
     if trial.state != optuna.trial.TrialState.COMPLETE or "run_dir" not in trial.user_attrs:
-        raise ValueError(f"trial {number} is {trial.state.name}: only completed trials have trained weights")
+        raise UsageError(f"trial {number} is {trial.state.name}: only completed trials have trained weights")
     retrained = study.user_attrs.get("retrain_out")
     if retrained and (Path(retrained) / f"trial_{number}" / "weights.safetensors").is_file():
         return Path(retrained) / f"trial_{number}"

@@ -41,9 +41,11 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 from tqdm import tqdm
 
-from searchsr.arch import ArchConfig, MobileSR, build_model
+from searchsr.arch import MobileSR, build_model
+from searchsr.config import ArchConfig
 from searchsr.cost import count_cost
 from searchsr.data import ImageSet, PatchDataset, patch_loader
+from searchsr.errors import DivergedError, UsageError
 from searchsr.evaluate import DEFAULT_TILE, EvalResult, bicubic_upscaler, check_scorable, evaluate, model_upscaler
 from searchsr.schedule import Schedule
 
@@ -51,10 +53,6 @@ CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.safetens
 WEIGHTS, RESULT = "weights.safetensors", "result.json"
 METRICS_COLUMNS = ("step", "loss", "lr", "val_psnr_y", "val_ssim_y")
 LR_GAMMA = 0.5  # "halved at steps [...]"
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last checkpoint (if any) is still good."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine")
+        raise UsageError("--device cuda: CUDA is not available on this machine")
     return device
 
 
@@ -98,34 +96,34 @@ def _check_inputs(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_
                   seed: int, device: torch.device, amp: bool, until: int | None) -> None:
     for name, images in (("training", train_set), ("validation", val_set)):
         if images.scale != cfg.scale:
-            raise ValueError(f"{name} images are prepared for x{images.scale}, the network is x{cfg.scale}")
+            raise UsageError(f"{name} images are prepared for x{images.scale}, the network is x{cfg.scale}")
     check_scorable(val_set)
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise UsageError(f"seed must be >= 0, got {seed}")
     if amp and device.type != "cuda":
-        raise ValueError("--amp needs a CUDA device")
+        raise UsageError("--amp needs a CUDA device")
     if until is not None and not 0 < until <= schedule.steps:
-        raise ValueError(f"until must be between 1 and the schedule's {schedule.steps} steps, got {until}")
+        raise UsageError(f"until must be between 1 and the schedule's {schedule.steps} steps, got {until}")
 
 
 def _prepare_run_dir(out_dir: Path, config: dict[str, Any], resume: bool) -> None:
     """A fresh run needs an empty folder; a resume needs the same config and an unfinished run."""
     if not resume:
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise ValueError(f"{out_dir}: exists and is not an empty folder (use --resume to continue that run)")
+            raise UsageError(f"{out_dir}: exists and is not an empty folder (use --resume to continue that run)")
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         _write_metrics(out_dir / METRICS, [])
         return
     if not (out_dir / CONFIG).is_file():
-        raise ValueError(f"{out_dir}: nothing to resume (no {CONFIG})")
+        raise UsageError(f"{out_dir}: nothing to resume (no {CONFIG})")
     if (out_dir / RESULT).exists():
-        raise ValueError(f"{out_dir}: the run already finished ({RESULT} exists)")
+        raise UsageError(f"{out_dir}: the run already finished ({RESULT} exists)")
     saved = _flatten(json.loads((out_dir / CONFIG).read_text()))
     wanted = _flatten(json.loads(json.dumps(config)))  # tuples become lists, as in the saved copy
     for key in sorted(saved.keys() | wanted.keys()):
         if not key.startswith("command.") and saved.get(key) != wanted.get(key):
-            raise ValueError(f"--resume: {key} differs from {out_dir / CONFIG}: "
+            raise UsageError(f"--resume: {key} differs from {out_dir / CONFIG}: "
                              f"{json.dumps(saved.get(key))} there, {json.dumps(wanted.get(key))} now")
 
 
@@ -197,9 +195,9 @@ def load_trained(run_dir: str | Path) -> tuple[ArchConfig, MobileSR]:
     """The architecture and final weights of a finished run (``searchsr eval --checkpoint``)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
-        raise ValueError(f"{run_dir}: not a run folder (no {CONFIG})")
+        raise UsageError(f"{run_dir}: not a run folder (no {CONFIG})")
     if not (run_dir / WEIGHTS).is_file():
-        raise ValueError(f"{run_dir}: no {WEIGHTS}: training has not finished (resume it with --resume)")
+        raise UsageError(f"{run_dir}: no {WEIGHTS}: training has not finished (resume it with --resume)")
     cfg = ArchConfig.from_dict(json.loads((run_dir / CONFIG).read_text())["arch"])
     model = build_model(cfg)
     model.load_state_dict(load_file(run_dir / WEIGHTS))

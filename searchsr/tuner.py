@@ -18,8 +18,10 @@ from typing import Any
 
 import optuna
 
-from searchsr.arch import PRESETS, ArchConfig, build_model
+from searchsr.arch import build_model
+from searchsr.config import PRESETS, ArchConfig
 from searchsr.space import Constraint, Objective, SearchSpace
+from searchsr.errors import TooManyFailures
 from searchsr.study import FAILURE_FILE, enqueue_presets, make_searcher, mask_url, open_storage, prepare_study
 
 LATENCY_SIZE = (128, 128)  # LR input for search-time latency; `searchsr profile` does any size
@@ -116,10 +118,6 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
                "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()}
     tune.report(metrics)
     return metrics
-
-
-class TooManyFailures(RuntimeError):
-    """--max-failures trials failed: the study stops (what completed is kept)."""
 
 
 class _Progress:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from searchsr.errors import UsageError
 from searchsr.evaluate import DEFAULT_TILE, _tiles
 from searchsr.export import (writable_ancestor, ARCH_FILE, INPUT_NAME, META_PREFIX, MIN_SIDE, ONNX_FILE, OUTPUT_NAME, STATS_FILE,
                              TILES_FILE, WEIGHTS_FILE, ort_session)
@@ -45,7 +46,7 @@ class OnnxModel:
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         folder = Path(folder)
         if not (folder / ONNX_FILE).is_file():
-            raise ValueError(f"{folder}: no {ONNX_FILE} (export with --format including onnx, or use --backend torch)")
+            raise UsageError(f"{folder}: no {ONNX_FILE} (export with --format including onnx, or use --backend torch)")
         self.full = ort_session(folder / ONNX_FILE, threads)
         meta = self.full.get_modelmeta().custom_metadata_map
         try:
@@ -54,13 +55,13 @@ class OnnxModel:
             self.n_se = int(meta[META_PREFIX + "se_layers"])
             channels = json.loads(meta[META_PREFIX + "se_channels"])
         except (KeyError, ValueError) as err:
-            raise ValueError(f"{folder / ONNX_FILE}: not written by searchsr export (metadata {err} missing)") from None
+            raise UsageError(f"{folder / ONNX_FILE}: not written by searchsr export (metadata {err} missing)") from None
         self.channels = channels[0] if channels else 0
         self.tiles_session = self.stats_session = None
         if self.n_se:
             missing = [f for f in (TILES_FILE, STATS_FILE) if not (folder / f).is_file()]
             if missing:
-                raise ValueError(f"{folder}: no {' or '.join(missing)}, which exact tiled inference of a network "
+                raise UsageError(f"{folder}: no {' or '.join(missing)}, which exact tiled inference of a network "
                                  "with squeeze-excite needs (re-export the model, or use --backend torch)")
             self.tiles_session = ort_session(folder / TILES_FILE, threads)
             self.stats_session = ort_session(folder / STATS_FILE, threads)
@@ -70,7 +71,7 @@ class OnnxModel:
     def tiles(self, x: np.ndarray, tile: int) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
         """For a float32 1x3xHxW input: (output slices, output block 1x3xhxw) covering the output once."""
         if x.ndim != 4 or x.shape[:2] != (1, 3) or x.dtype != np.float32:
-            raise ValueError(f"expected a float32 1x3xHxW input, got {x.dtype} {x.shape}")
+            raise UsageError(f"expected a float32 1x3xHxW input, got {x.dtype} {x.shape}")
         h, w = x.shape[-2:]
         s = self.scale
         if h <= tile and w <= tile:
@@ -133,14 +134,14 @@ class TorchModel:
     def __init__(self, folder: str | Path) -> None:
         import torch
 
-        from searchsr.arch import load_arch
+        from searchsr.config import load_arch
         from searchsr.export import load_weights
         from searchsr.fuse import fuse_bn
 
         folder = Path(folder)
         missing = [f for f in (ARCH_FILE, WEIGHTS_FILE) if not (folder / f).is_file()]
         if missing:
-            raise ValueError(f"{folder}: no {' or '.join(missing)} (export with --format including yaml,safetensors, "
+            raise UsageError(f"{folder}: no {' or '.join(missing)} (export with --format including yaml,safetensors, "
                              "or use --backend onnx)")
         cfg = load_arch(str(folder / ARCH_FILE))
         cfg, model = load_weights(folder / WEIGHTS_FILE, cfg)
@@ -157,12 +158,12 @@ def load_model(folder: str | Path, backend: str = "onnx", threads: int | None = 
     """The exported model in ``folder`` for ``backend`` (onnx or torch); bad folders are one-line errors."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: no such model folder")
+        raise UsageError(f"{folder}: no such model folder")
     if backend == "onnx":
         return OnnxModel(folder, threads)
     if backend == "torch":
         return TorchModel(folder)
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
 def read_input(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -177,7 +178,7 @@ def read_input(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
                 alpha = np.array(im.convert("RGBA").getchannel("A"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read image ({err})") from None
+        raise UsageError(f"{path}: cannot read image ({err})") from None
     return img, alpha
 
 
@@ -187,16 +188,16 @@ def _probe(path: Path) -> tuple[int, int]:
     from searchsr.data import read_image
 
     if not path.exists():
-        raise ValueError(f"{path}: no such file")
+        raise UsageError(f"{path}: no such file")
     if not path.is_file():
-        raise ValueError(f"{path}: not a file")
+        raise UsageError(f"{path}: not a file")
     h, w = read_image(path).shape[:2]
     return w, h
 
 
 def _writable_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a folder")
+        raise UsageError(f"{out_dir}: exists and is not a folder")
     writable_ancestor(out_dir, out_dir)
 
 
@@ -205,7 +206,7 @@ def _save_png(img: np.ndarray, path: Path) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise ValueError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise UsageError(f"{path}: cannot write ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(img).save(f, format="PNG")
@@ -213,7 +214,7 @@ def _save_png(img: np.ndarray, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise ValueError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise UsageError(f"{path}: cannot write ({err.strerror or err})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -256,28 +257,28 @@ def upscale_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
     """Upscale every input into ``out_dir/<stem>.png``. Everything (model folder, inputs, output
     folder, tile) is checked before the first file is written; each PNG is written atomically."""
     if tile < MIN_TILE:
-        raise ValueError(f"--tile must be at least {MIN_TILE} LR pixels, got {tile}")
+        raise UsageError(f"--tile must be at least {MIN_TILE} LR pixels, got {tile}")
     if not inputs:
-        raise ValueError("no input images")
+        raise UsageError("no input images")
     out_dir = Path(out_dir)
     paths = [Path(p) for p in inputs]
     targets: dict[Path, Path] = {}
     for path in paths:
         w, h = _probe(path)
         if min(h, w) < MIN_SIDE:
-            raise ValueError(f"{path}: {h}x{w} is too small (at least {MIN_SIDE}x{MIN_SIDE} pixels)")
+            raise UsageError(f"{path}: {h}x{w} is too small (at least {MIN_SIDE}x{MIN_SIDE} pixels)")
         target = out_dir / f"{path.stem}.png"
         if target in targets.values():
-            raise ValueError(f"{path}: output {target} would overwrite the output of another input")
+            raise UsageError(f"{path}: output {target} would overwrite the output of another input")
         if target.resolve() in {p.resolve() for p in paths}:
-            raise ValueError(f"{path}: output {target} would overwrite an input")
+            raise UsageError(f"{path}: output {target} would overwrite an input")
         targets[path] = target
     _writable_dir(out_dir)
     model = load_model(model_dir, backend)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"{out_dir}: cannot create the output folder ({err.strerror or err})") from None
+        raise UsageError(f"{out_dir}: cannot create the output folder ({err.strerror or err})") from None
     results = []
     for path, target in targets.items():
         start = time.perf_counter()

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from conftest import read_paper_table
-from searchsr.arch import PRESETS, ArchConfig, apply_overrides, build_model, load_arch
+from searchsr.arch import build_model
+from searchsr.config import PRESETS, ArchConfig, apply_overrides, load_arch
 from searchsr.blocks import BicubicUpsample
 from searchsr.cost import arch_cost, count_params
 from searchsr.imresize import imresize

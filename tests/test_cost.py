@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from searchsr.arch import PRESETS, ArchConfig, build_model
+from searchsr.arch import build_model
+from searchsr.config import PRESETS, ArchConfig
 from searchsr.cost import count_cost, latency_ratio, measure_latency, peak_memory_bytes, prepare_for_timing
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from searchsr.arch import ArchConfig, build_model
+from searchsr.arch import build_model
+from searchsr.config import ArchConfig
 from searchsr.data import ImageSet, load_folder, make_pair
 from searchsr.evaluate import (bicubic_upscaler, context_radius, evaluate, forward_tiled, model_upscaler,
                                upscale)

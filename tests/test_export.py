@@ -20,12 +20,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from searchsr import export as export_mod
-from searchsr.arch import ArchConfig, build_model, load_arch
+from searchsr.arch import build_model
+from searchsr.config import ArchConfig, load_arch
 from searchsr.cli import main
 from searchsr.data import load_folder
 from searchsr.evaluate import _tiles
 from searchsr.evaluate import upscale as torch_upscale
-from searchsr.export import VerificationError, _se_input_means, export_model, load_run, load_weights
+from searchsr.errors import VerificationError
+from searchsr.export import _se_input_means, export_model, load_run, load_weights
 from searchsr.imresize import imresize_uint8
 from searchsr.schedule import load_schedule
 from searchsr.train import train

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import read_paper_table
-from searchsr.arch import PRESETS, build_model
+from searchsr.arch import build_model
+from searchsr.config import PRESETS
 from searchsr.cost import count_cost, count_params
 from searchsr.fuse import fuse_bn
 

@@ -227,7 +227,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from safetensors.torch import save
 
-    from searchsr.arch import PRESETS, build_model
+    from searchsr.arch import build_model
+    from searchsr.config import PRESETS
 
     root = tmp_path_factory.mktemp("hostile")
     rng = np.random.default_rng(7)

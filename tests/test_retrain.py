@@ -85,7 +85,7 @@ def test_search_retrain_export_upscale(tmp_path: Path) -> None:
 
 
 def test_heaviest_network_starts_first_and_the_estimate_packs_workers() -> None:
-    from searchsr.arch import PRESETS, ArchConfig
+    from searchsr.config import PRESETS, ArchConfig
     from searchsr.retrain import Job, estimate_seconds, longest_first, makespan
     from searchsr.schedule import load_schedule
 
@@ -98,7 +98,7 @@ def test_heaviest_network_starts_first_and_the_estimate_packs_workers() -> None:
 
 
 def test_a_front_trial_that_is_a_preset_counts_as_that_baseline() -> None:
-    from searchsr.arch import PRESETS, ArchConfig
+    from searchsr.config import PRESETS, ArchConfig
     from searchsr.retrain import Job, comparison_table
 
     jobs = [Job("trial_0", PRESETS["xlite"], 0, 30.2), Job("trial_3", ArchConfig(nf=8, n_blocks=2), 3, 30.3),

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from searchsr.arch import PRESETS, ArchConfig
+from searchsr.config import PRESETS, ArchConfig
 from searchsr.space import (
     OBJECTIVES,
     Categorical,

@@ -11,11 +11,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from searchsr.arch import ArchConfig, build_model
+from searchsr.arch import build_model
+from searchsr.config import ArchConfig
 from searchsr.data import PatchDataset, load_folder
 from searchsr.evaluate import evaluate, model_upscaler
 from searchsr.schedule import Schedule
-from searchsr.train import DivergedError, load_trained, train
+from searchsr.errors import DivergedError
+from searchsr.train import load_trained, train
 
 CFG = ArchConfig(nf=8, n_blocks=2)
 SCHEDULE = Schedule("test", steps=6, batch_size=2, patch_size=12, lr=0.005, milestones=(2, 4), log_every=1)

@@ -1,0 +1,39 @@
+"""searchsr's one error model: what the user caused is one line, anything else is a bug.
+
+``searchsr.cli.main`` prints a ``SearchsrError`` (and an ``OSError``: a missing, unreadable or
+full file system) as one ``searchsr: error: ...`` line and exits with the error's
+``exit_code``; every other exception is a bug in searchsr and keeps its traceback (exit 1).
+``--debug`` shows the traceback for every error.
+
+``UsageError`` is also a ``ValueError`` so that library callers (and ``except ValueError``)
+keep working: bad input to a library function is a ``ValueError`` in the Python sense too.
+"""
+
+from __future__ import annotations
+
+
+class SearchsrError(Exception):
+    """A failure the user can act on (bad input, a result that did not verify, a study that
+    stopped); reported in one line."""
+
+    exit_code = 2
+
+
+class UsageError(SearchsrError, ValueError):
+    """Bad input: an argument, a file, a folder, a storage URL. Exit code 2, nothing written."""
+
+
+class VerificationError(SearchsrError, ValueError):
+    """An exported model disagrees with PyTorch: nothing was written. Exit code 2."""
+
+
+class DivergedError(SearchsrError, RuntimeError):
+    """Training produced a non-finite loss. Exit code 1 (the input was fine; the run failed)."""
+
+    exit_code = 1
+
+
+class TooManyFailures(SearchsrError, RuntimeError):
+    """``--max-failures`` trials failed: the study stopped (what completed is kept). Exit code 1."""
+
+    exit_code = 1
