@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from searchsr.config import ACTIVATIONS, upsample_factors
+from searchsr.config import ACTIVATIONS
 from searchsr.errors import UsageError
-
 
 
 def make_act(name: str) -> nn.Module:
@@ -45,8 +44,11 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Hardsigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        return x * self.gate(self.expand(self.act(self.reduce(s))))
+        return x * self.excite(x.mean((2, 3), keepdim=True))
+
+    def excite(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The channel gate (N x C x 1 x 1) for a pooled input; tiled inference passes the image-wide mean."""
+        return self.gate(self.expand(self.act(self.reduce(pooled))))
 
 
 class MBConvSR(nn.Module):
@@ -95,7 +97,7 @@ class UpsampleStage(nn.Module):
         return self.dw(self.act(self.shuffle(self.conv(x))))
 
 
-def _symmetric_pad(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+def symmetric_pad(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
     """MATLAB's 'symmetric' border (edge pixel repeated), which PyTorch's pad modes lack."""
     n = x.shape[dim]
     if n < pad:
@@ -144,6 +146,6 @@ class BicubicUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        x = _symmetric_pad(_symmetric_pad(x, 2, 2), 2, 3)
+        x = symmetric_pad(symmetric_pad(x, 2, 2), 2, 3)
         y = F.conv2d(x, self.weight.repeat(c, 1, 1, 1), groups=c)
         return F.pixel_shuffle(y, self.scale)

@@ -29,6 +29,7 @@ from torch import nn
 from searchsr.blocks import BicubicUpsample, SqueezeExcite
 from searchsr.data import ImageSet, to_tensor
 from searchsr.errors import UsageError
+from searchsr.files import atomic_output, check_writable_dir
 from searchsr.imresize import imresize_uint8
 from searchsr.metrics import psnr_y, ssim_y
 
@@ -64,11 +65,19 @@ def bicubic_upscaler(scale: int) -> Upscaler:
     return functools.partial(imresize_uint8, scale=scale)
 
 
+MIN_TILE = 16  # LR pixels: a smaller tile is mostly the network's context border
+
+
+def check_tile(tile: int) -> int:
+    """``tile`` if it is a usable LR tile side, else a one-line UsageError."""
+    if tile < MIN_TILE:
+        raise UsageError(f"--tile must be at least {MIN_TILE} LR pixels, got {tile}")
+    return tile
+
+
 def model_upscaler(model: nn.Module, tile: int = DEFAULT_TILE) -> Upscaler:
     """A network as an upscaler, run in eval mode on the device it is on."""
-    if tile < 16:
-        raise UsageError(f"tile must be at least 16 LR pixels, got {tile}")
-    return functools.partial(upscale, model, tile=tile)
+    return functools.partial(upscale, model, tile=check_tile(tile))
 
 
 def upscale(model: nn.Module, lr: np.ndarray, tile: int = DEFAULT_TILE) -> np.ndarray:
@@ -113,7 +122,7 @@ class _Stop(Exception):
 
 
 @dataclass(frozen=True)
-class _Tile:
+class Tile:
     """A core region [y0, y1) x [x0, x1) and the context window [wy0, wy1) x [wx0, wx1) fed to the model."""
 
     y0: int
@@ -137,15 +146,12 @@ class _Tile:
         return slice(s * self.y0, s * self.y1), slice(s * self.x0, s * self.x1)
 
 
-def _tiles(h: int, w: int, tile: int, halo: int) -> list[_Tile]:
-    return [_Tile(y0, min(y0 + tile, h), x0, min(x0 + tile, w),
+def tiles(h: int, w: int, tile: int, halo: int) -> list[Tile]:
+    """An h x w image cut into cores of at most ``tile`` x ``tile``, row by row, each with ``halo``
+    pixels of context on every side (less at the image border)."""
+    return [Tile(y0, min(y0 + tile, h), x0, min(x0 + tile, w),
                   max(0, y0 - halo), min(h, y0 + tile + halo), max(0, x0 - halo), min(w, x0 + tile + halo))
             for y0 in range(0, h, tile) for x0 in range(0, w, tile)]
-
-
-def _se_gate(se: SqueezeExcite, mean: torch.Tensor) -> torch.Tensor:
-    """``SqueezeExcite.forward``'s gate for a given pooled input."""
-    return se.gate(se.expand(se.act(se.reduce(mean))))
 
 
 def forward_tiled(model: nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
@@ -158,17 +164,17 @@ def forward_tiled(model: nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
         return model(x)
-    tiles = _tiles(h, w, tile, context_radius(model))
+    grid = tiles(h, w, tile, context_radius(model))
     means: dict[nn.Module, torch.Tensor] = {}
     sums: dict[nn.Module, torch.Tensor] = {}
-    current = tiles[0]
+    current = grid[0]
 
     def hook(se: nn.Module, args: tuple[torch.Tensor], _output: torch.Tensor) -> torch.Tensor:
         (inp,) = args
         if inp.shape[-2:] != current.window(x).shape[-2:]:
             raise UsageError("tiled inference needs squeeze-excite layers at the input resolution")
         if se in means:
-            return inp * _se_gate(se, means[se])
+            return inp * se.excite(means[se])
         ys, xs = current.core()
         core_sum = inp[..., ys, xs].sum((2, 3), keepdim=True, dtype=torch.float64)
         sums[se] = sums[se] + core_sum if se in sums else core_sum
@@ -179,7 +185,7 @@ def forward_tiled(model: nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
         while True:
             sums.clear()
             out = None
-            for current in tiles:
+            for current in grid:
                 try:
                     y = model(current.window(x))
                 except _Stop:
@@ -210,6 +216,7 @@ def evaluate(upscaler: Upscaler, images: ImageSet, save_dir: Path | None = None)
     """Mean PSNR-Y / SSIM-Y (crop border = scale); ``save_dir`` receives each output as PNG."""
     check_scorable(images)
     if save_dir is not None:
+        check_writable_dir(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     scores = []
@@ -220,7 +227,8 @@ def evaluate(upscaler: Upscaler, images: ImageSet, save_dir: Path | None = None)
                              f"(is the network's scale x{images.scale}?)")
         scores.append(ImageScore(pair.name, psnr_y(sr, pair.hr, images.scale), ssim_y(sr, pair.hr, images.scale)))
         if save_dir is not None:
-            Image.fromarray(sr).save(save_dir / f"{Path(pair.name).stem}.png")
+            with atomic_output(save_dir / f"{Path(pair.name).stem}.png") as f:
+                Image.fromarray(sr).save(f, format="PNG")
     return EvalResult(psnr_y=float(np.mean([s.psnr_y for s in scores])),
                       ssim_y=float(np.mean([s.ssim_y for s in scores])),
                       images=len(scores), per_image=tuple(scores), seconds=time.perf_counter() - start)

@@ -28,7 +28,6 @@ import csv
 import itertools
 import json
 import math
-import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save, save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -47,10 +46,15 @@ from searchsr.cost import count_cost
 from searchsr.data import ImageSet, PatchDataset, patch_loader
 from searchsr.errors import DivergedError, UsageError
 from searchsr.evaluate import DEFAULT_TILE, EvalResult, bicubic_upscaler, check_scorable, evaluate, model_upscaler
+from searchsr.files import atomic_write, check_new_or_empty_dir
 from searchsr.schedule import Schedule
 
-CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.csv", "checkpoint.safetensors"
-WEIGHTS, RESULT = "weights.safetensors", "result.json"
+# The run folder's files (see the module docstring).
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+WEIGHTS_FILE = "weights.safetensors"
+RESULT_FILE = "result.json"
 METRICS_COLUMNS = ("step", "loss", "lr", "val_psnr_y", "val_ssim_y")
 LR_GAMMA = 0.5  # "halved at steps [...]"
 
@@ -109,21 +113,20 @@ def _check_inputs(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_
 def _prepare_run_dir(out_dir: Path, config: dict[str, Any], resume: bool) -> None:
     """A fresh run needs an empty folder; a resume needs the same config and an unfinished run."""
     if not resume:
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise UsageError(f"{out_dir}: exists and is not an empty folder (use --resume to continue that run)")
+        check_new_or_empty_dir(out_dir, "exists and is not an empty folder (use --resume to continue that run)")
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        _write_metrics(out_dir / METRICS, [])
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        _write_metrics(out_dir / METRICS_FILE, [])
         return
-    if not (out_dir / CONFIG).is_file():
-        raise UsageError(f"{out_dir}: nothing to resume (no {CONFIG})")
-    if (out_dir / RESULT).exists():
-        raise UsageError(f"{out_dir}: the run already finished ({RESULT} exists)")
-    saved = _flatten(json.loads((out_dir / CONFIG).read_text()))
+    if not (out_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{out_dir}: nothing to resume (no {CONFIG_FILE})")
+    if (out_dir / RESULT_FILE).exists():
+        raise UsageError(f"{out_dir}: the run already finished ({RESULT_FILE} exists)")
+    saved = _flatten(json.loads((out_dir / CONFIG_FILE).read_text()))
     wanted = _flatten(json.loads(json.dumps(config)))  # tuples become lists, as in the saved copy
     for key in sorted(saved.keys() | wanted.keys()):
         if not key.startswith("command.") and saved.get(key) != wanted.get(key):
-            raise UsageError(f"--resume: {key} differs from {out_dir / CONFIG}: "
+            raise UsageError(f"--resume: {key} differs from {out_dir / CONFIG_FILE}: "
                              f"{json.dumps(saved.get(key))} there, {json.dumps(wanted.get(key))} now")
 
 
@@ -167,10 +170,8 @@ def save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.op
         tensors.update({f"optimizer.{index}.{k}": v for k, v in state.items()})
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "milestones"}  # from the schedule
     meta = {"step": step, "param_groups": opt["param_groups"], "scheduler": sched, "scaler": scaler.state_dict()}
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-              metadata={"state": json.dumps(meta)})
-    os.replace(tmp, path)
+    atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                            metadata={"state": json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -194,13 +195,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def load_trained(run_dir: str | Path) -> tuple[ArchConfig, MobileSR]:
     """The architecture and final weights of a finished run (``searchsr eval --checkpoint``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise UsageError(f"{run_dir}: not a run folder (no {CONFIG})")
-    if not (run_dir / WEIGHTS).is_file():
-        raise UsageError(f"{run_dir}: no {WEIGHTS}: training has not finished (resume it with --resume)")
-    cfg = ArchConfig.from_dict(json.loads((run_dir / CONFIG).read_text())["arch"])
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise UsageError(f"{run_dir}: no {WEIGHTS_FILE}: training has not finished (resume it with --resume)")
+    cfg = ArchConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text())["arch"])
     model = build_model(cfg)
-    model.load_state_dict(load_file(run_dir / WEIGHTS))
+    model.load_state_dict(load_file(run_dir / WEIGHTS_FILE))
     return cfg, model.eval()
 
 
@@ -250,9 +251,9 @@ def train(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: Ima
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
     step = 0
     if resume:
-        if (out_dir / CHECKPOINT).is_file():
-            step = load_checkpoint(out_dir / CHECKPOINT, model, optimizer, scheduler, scaler)
-        _rewind_metrics(out_dir / METRICS, step)
+        if (out_dir / CHECKPOINT_FILE).is_file():
+            step = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, scaler)
+        _rewind_metrics(out_dir / METRICS_FILE, step)
 
     stop = schedule.steps if until is None else until
     recent: deque[float] = deque(maxlen=schedule.log_every)
@@ -268,12 +269,12 @@ def train(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: Ima
             bar.set_postfix(loss=f"{recent[-1]:.4f}", lr=f"{lr_now:.2g}", refresh=False)
             bar.update()
             if step % schedule.log_every == 0:
-                _append_metrics(out_dir / METRICS, step=step, loss=sum(recent) / len(recent), lr=lr_now)
+                _append_metrics(out_dir / METRICS_FILE, step=step, loss=sum(recent) / len(recent), lr=lr_now)
             if schedule.val_every and step % schedule.val_every == 0 and step < schedule.steps:
                 val = _validate(model, val_set, tile)
-                _append_metrics(out_dir / METRICS, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
+                _append_metrics(out_dir / METRICS_FILE, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
             if schedule.checkpoint_every and step % schedule.checkpoint_every == 0 or step == until:
-                save_checkpoint(out_dir / CHECKPOINT, step, model, optimizer, scheduler, scaler)
+                save_checkpoint(out_dir / CHECKPOINT_FILE, step, model, optimizer, scheduler, scaler)
 
     cost = count_cost(model, (256, 256))
     common = dict(out_dir=str(out_dir), step=step, loss=sum(recent) / len(recent) if recent else math.nan,
@@ -281,10 +282,10 @@ def train(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: Ima
     if step < schedule.steps:
         return TrainResult(finished=False, seconds=time.perf_counter() - start_time, val=None, bicubic=None, **common)
     val = _validate(model, val_set, tile)
-    _append_metrics(out_dir / METRICS, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
+    _append_metrics(out_dir / METRICS_FILE, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
     bicubic = evaluate(bicubic_upscaler(cfg.scale), val_set)
-    save_file({k: v.contiguous() for k, v in model.cpu().state_dict().items()}, out_dir / WEIGHTS,
+    save_file({k: v.contiguous() for k, v in model.cpu().state_dict().items()}, out_dir / WEIGHTS_FILE,
               metadata={"arch": cfg.to_json()})
     result = TrainResult(finished=True, seconds=time.perf_counter() - start_time, val=val, bicubic=bicubic, **common)
-    (out_dir / RESULT).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (out_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result

@@ -19,19 +19,20 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from searchsr import export as export_mod
 from searchsr.arch import build_model
+from searchsr.bundle import OPSET, OnnxModel, load_weights
+from searchsr.card import sha256
 from searchsr.config import ArchConfig, load_arch
 from searchsr.cli import main
 from searchsr.data import load_folder
-from searchsr.evaluate import _tiles
+from searchsr.deploy import StaticBicubic, se_input_means
+from searchsr.evaluate import tiles
 from searchsr.evaluate import upscale as torch_upscale
 from searchsr.errors import VerificationError
-from searchsr.export import _se_input_means, export_model, load_run, load_weights
+from searchsr.export import export_model, load_run
 from searchsr.imresize import imresize_uint8
 from searchsr.schedule import load_schedule
 from searchsr.train import train
-from searchsr.upscale import OnnxModel
 
 EXPORTED = {"arch.yaml", "weights.safetensors", "model.onnx", "model_tiles.onnx", "model_se_stats.onnx",
             "model.ts", "model_card.json", "model_card.md"}
@@ -73,7 +74,7 @@ def test_export_writes_every_file_and_a_model_card(exported, run_dir):
     assert {p.name for p in out.iterdir()} == EXPORTED
     assert card == json.loads((out / "model_card.json").read_text())
     assert load_arch(str(out / "arch.yaml")) == load_arch("xlite") == ArchConfig(**card["arch"])
-    assert card["onnx"]["opset"] == export_mod.OPSET == 17
+    assert card["onnx"]["opset"] == OPSET == 17
     assert card["cost"]["params"] == 17_979 and card["cost"]["flops"] > 0
     result = json.loads((run_dir / "result.json").read_text())
     assert card["provenance"]["metrics"]["val"]["psnr_y"] == result["val"]["psnr_y"]
@@ -83,7 +84,7 @@ def test_export_writes_every_file_and_a_model_card(exported, run_dir):
     checked = {c["file"] for c in card["verification"]["checks"]}
     assert {"model.onnx", "model.ts", "model_tiles.onnx + model_se_stats.onnx"} <= checked
     for name, info in card["files"].items():
-        assert export_mod._sha256(out / name) == info["sha256"]
+        assert sha256(out / name) == info["sha256"]
     md = (out / "model_card.md").read_text()
     assert "opset 17" in md and "PSNR-Y" in md and "smoke" in md
     # The weights are the run's, in the run's own format (arch in the metadata), never pickled.
@@ -129,8 +130,8 @@ def test_torchscript_matches_pytorch_at_other_sizes(exported):
 
 
 def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
-    original = export_mod._StaticBicubic.forward
-    monkeypatch.setattr(export_mod._StaticBicubic, "forward", lambda self, x: original(self, x) + 1e-3)
+    original = StaticBicubic.forward
+    monkeypatch.setattr(StaticBicubic, "forward", lambda self, x: original(self, x) + 1e-3)
     cfg = ArchConfig(nf=8, n_blocks=1)
     parent = tmp_path / "exports"
     parent.mkdir()
@@ -140,7 +141,7 @@ def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
 
     (parent / "full").mkdir()
     (parent / "full" / "keep.txt").write_text("x")
-    monkeypatch.setattr(export_mod._StaticBicubic, "forward", original)
+    monkeypatch.setattr(StaticBicubic, "forward", original)
     with pytest.raises(ValueError, match="not empty"):
         export_model(cfg, build_model(cfg), parent / "full", formats=["yaml"])
     assert [p.name for p in parent.iterdir()] == ["full"] and (parent / "full" / "keep.txt").read_text() == "x"
@@ -172,13 +173,13 @@ def test_tiled_onnx_uses_image_wide_squeeze_excite_means(exported):
     out, _, model = exported
     engine = OnnxModel(out)
     x = _as_input(_lr(skimage.data.chelsea()))  # 75x113
-    tiles = _tiles(75, 113, 32, engine.radius)
-    assert len(tiles) == 12
-    got, want = engine.se_means(x, tiles), _se_input_means(model.eval(), x)
+    grid = tiles(75, 113, 32, engine.radius)
+    assert len(grid) == 12
+    got, want = engine.se_means(x, grid), se_input_means(model.eval(), x)
     assert got.shape == want.shape == (8, 32)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    first = tiles[0]  # what a tile alone would use: clearly different, so the check above can fail
-    alone = _se_input_means(model.eval(), np.ascontiguousarray(first.window(x)))
+    first = grid[0]  # what a tile alone would use: clearly different, so the check above can fail
+    alone = se_input_means(model.eval(), np.ascontiguousarray(first.window(x)))
     assert np.abs(alone - want).max() > 100 * np.abs(got - want).max()
 
 
