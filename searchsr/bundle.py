@@ -41,10 +41,10 @@ from safetensors import safe_open
 from searchsr.arch import MobileSR, build_model
 from searchsr.config import ArchConfig, load_arch
 from searchsr.data import to_tensor
-from searchsr.errors import UsageError
+from searchsr.errors import UsageError, first_line
 from searchsr.evaluate import Tile, tiles, upscale
 from searchsr.fuse import fuse_bn
-from searchsr.train import WEIGHTS_FILE  # the folder's weights are a training run's weights file
+from searchsr.runs import WEIGHTS_FILE  # the folder's weights are a training run's weights file
 
 ARCH_FILE = "arch.yaml"
 ONNX_FILE = "model.onnx"
@@ -60,12 +60,6 @@ META_PREFIX = "searchsr."  # ONNX metadata_props keys
 OPSET = 17
 MIN_SIDE = 2  # the bicubic skip's symmetric border needs 2 pixels
 BACKENDS = ("onnx", "torch")
-
-
-def first_line(err: BaseException) -> str:
-    """An exception as one line of text (libraries' messages can run over many)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 @dataclass(frozen=True)

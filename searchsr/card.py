@@ -23,7 +23,7 @@ import torch
 from searchsr.bundle import (CARD_JSON, CARD_MD, INPUT_NAME, MIN_SIDE, ONNX_FILE, OPSET, OUTPUT_NAME, STATS_FILE,
                              TILES_FILE, TS_FILE)
 from searchsr.config import ArchConfig
-from searchsr.train import RESULT_FILE
+from searchsr.runs import RESULT_FILE
 
 FORMAT = "searchsr-model-card/1"
 COST_CONVENTION = "the paper's: FLOPs = 2 x MACs incl. bias, BN and activation elements (searchsr.cost)"

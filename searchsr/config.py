@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from searchsr.errors import UsageError
-from searchsr.errors import UsageError
 
 ACTIVATIONS = ("leakyrelu", "relu", "prelu", "hardswish", "silu")
 UPSAMPLE_FACTORS = {2: (2,), 3: (3,), 4: (2, 2)}  # x4 is two x2 pixel-shuffle stages (as in the paper)

@@ -34,11 +34,12 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from searchsr.arch import build_model
-from searchsr.config import ArchConfig
-from searchsr.blocks import ACTIVATIONS, make_act
+from searchsr.blocks import make_act
+from searchsr.config import ACTIVATIONS, ArchConfig
 from searchsr.errors import UsageError
 from searchsr.fuse import fuse_bn
 
+WARMUP_RUNS = 3  # untimed runs before a latency measurement
 _NONLINEARITIES = tuple({type(make_act(a)) for a in ACTIVATIONS})
 
 
@@ -182,13 +183,15 @@ def prepare_for_timing(model: nn.Module) -> nn.Module:
 
 
 def measure_latency(models: list[nn.Module], lr_size: tuple[int, int] = (256, 256), runs: int = 20,
-                    warmup: int = 3, threads: int = 1, device: str | torch.device = "cpu") -> list[LatencyStats]:
+                    warmup: int = WARMUP_RUNS, threads: int = 1, device: str | torch.device = "cpu",
+                    on_run: Callable[[], None] | None = None) -> list[LatencyStats]:
     """Median/IQR latency of each model, timed interleaved (A B A B ...) in one process.
 
     Interleaving puts every model under the same drift of a shared machine, so the
     ratio of two medians is far steadier than either absolute time. Models are
     timed as given: call ``prepare_for_timing`` first for the deployment form.
-    The thread count is fixed for the measurement and restored afterwards.
+    The thread count is fixed for the measurement and restored afterwards. ``on_run`` is
+    called after each of the ``warmup + runs`` rounds (a progress bar).
     """
     if runs < 1 or warmup < 0 or threads < 1:
         raise UsageError(f"runs, threads must be >= 1 and warmup >= 0, got {runs}, {threads}, {warmup}")
@@ -206,6 +209,8 @@ def measure_latency(models: list[nn.Module], lr_size: tuple[int, int] = (256, 25
                     ms = timed(lambda: model(x))
                     if i >= warmup:
                         bucket.append(ms)
+                if on_run is not None:
+                    on_run()
     finally:
         torch.set_num_threads(old_threads)
     return [_stats(s, threads, device) for s in samples]
@@ -219,3 +224,43 @@ def latency_ratio(model: nn.Module, reference: nn.Module, **kwargs) -> tuple[flo
     """
     own, ref = measure_latency([model, reference], **kwargs)
     return statistics.median(a / b for a, b in zip(own.samples_ms, ref.samples_ms)), own, ref
+
+
+def inference_bytes(cfg: ArchConfig, lr_size: tuple[int, int]) -> int:
+    """Bytes one float32 inference of ``cfg`` needs at least: weights, input and the two largest
+    intermediates (a layer's input and output live together). Computed on PyTorch's meta device,
+    so nothing is allocated: a network too large for the machine is refused before it is built."""
+    with torch.device("meta"):
+        model = build_model(cfg).eval()
+    sizes: list[int] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+               for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, 3, *lr_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    largest = sorted(sizes)[-2:]
+    return 4 * (count_params(model) + 3 * lr_size[0] * lr_size[1] + sum(largest))
+
+
+def available_memory_bytes() -> int:
+    """Memory the kernel says a new allocation can get (MemAvailable), else free physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits_memory(cfg: ArchConfig, lr_size: tuple[int, int]) -> None:
+    """UsageError, in one line, when one inference of ``cfg`` at ``lr_size`` cannot fit in memory."""
+    need, have = inference_bytes(cfg, lr_size), available_memory_bytes()
+    if need > have:
+        h, w = lr_size
+        raise UsageError(f"nf={cfg.nf}, N={cfg.n_blocks} at LR {h}x{w} needs at least {need / 2**30:.1f} GiB "
+                         f"(weights and activations); this machine has {have / 2**30:.1f} GiB available")

@@ -38,13 +38,14 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
-from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from searchsr.errors import UsageError
-from searchsr.space import OBJECTIVES
-from searchsr.study import check_sqlite_file, mask_url
+from searchsr import internals
+from searchsr.internals import FrozenStudy
+from searchsr.objectives import OBJECTIVES
+from searchsr.storage import check_sqlite_file, mask_url
 
 METRIC_NAMES_ATTR = "study:metric_names"  # optuna.study.study._SYSTEM_ATTR_METRIC_NAMES
 READ_TIMEOUT_S = 10  # how long a dashboard read waits for a writer's commit to finish
@@ -104,7 +105,7 @@ class ReadOnlyStorage(RDBStorage):
     def get_all_studies(self) -> list[FrozenStudy]:
         studies = super().get_all_studies()
         for study in studies:
-            study.system_attrs = self._with_names(study._study_id, study.system_attrs)
+            study.system_attrs = self._with_names(internals.study_id(study), study.system_attrs)
         return studies
 
 
@@ -139,11 +140,11 @@ def name_objectives(url: str, storage: ReadOnlyStorage, studies: list[FrozenStud
     for study in studies:
         if study.system_attrs.get(METRIC_NAMES_ATTR):
             continue
-        names = infer_metric_names(study.directions, storage.get_all_trials(study._study_id, deepcopy=False))
+        names = infer_metric_names(study.directions, storage.get_all_trials(internals.study_id(study), deepcopy=False))
         if names is None:
             messages.append(f"study {study.study_name!r} has no objective names and none could be inferred")
             continue
-        storage.extra_names[study._study_id] = names
+        storage.extra_names[internals.study_id(study)] = names
         if not save:
             messages.append(f"study {study.study_name!r}: objective names inferred as {','.join(names)}")
             continue
@@ -198,7 +199,7 @@ def run_dashboard(url: str, study_name: str | None, host: str, port: int,
             known = ", ".join(s.study_name for s in studies) or "none"
             raise UsageError(f"no study named {study_name!r} in {mask_url(url)} (studies: {known})")
         studies = chosen
-        path = f"/dashboard/studies/{chosen[0]._study_id}"
+        path = f"/dashboard/studies/{internals.study_id(chosen[0])}"
     for message in name_objectives(url, storage, studies):
         say(message)
     server = serve(storage, host, port)

@@ -12,6 +12,13 @@ keep working: bad input to a library function is a ``ValueError`` in the Python 
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """An exception as one line of text (libraries' messages can run over many), for wrapping a
+    library's error into one of ours."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class SearchsrError(Exception):
     """A failure the user can act on (bad input, a result that did not verify, a study that
     stopped); reported in one line."""
@@ -35,5 +42,11 @@ class DivergedError(SearchsrError, RuntimeError):
 
 class TooManyFailures(SearchsrError, RuntimeError):
     """``--max-failures`` trials failed: the study stopped (what completed is kept). Exit code 1."""
+
+    exit_code = 1
+
+
+class RetrainFailed(SearchsrError, RuntimeError):
+    """Some retraining trials failed; rerunning resumes them. Exit code 1."""
 
     exit_code = 1

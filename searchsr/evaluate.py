@@ -28,12 +28,12 @@ from torch import nn
 
 from searchsr.blocks import BicubicUpsample, SqueezeExcite
 from searchsr.data import ImageSet, to_tensor
+from searchsr.defaults import DEFAULT_TILE  # LR pixels per tile side: LITE's tail then peaks around 1 GB
 from searchsr.errors import UsageError
 from searchsr.files import atomic_output, check_writable_dir
 from searchsr.imresize import imresize_uint8
 from searchsr.metrics import psnr_y, ssim_y
 
-DEFAULT_TILE = 256  # LR pixels per tile side: LITE's tail then peaks around 1 GB
 _SSIM_WINDOW = 11
 
 Upscaler = Callable[[np.ndarray], np.ndarray]

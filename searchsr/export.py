@@ -39,15 +39,14 @@ from torch import nn
 from searchsr.arch import MobileSR, build_model
 from searchsr.bundle import (ARCH_FILE, CARD_JSON, CARD_MD, CORE_MASK, INPUT_NAME, ONNX_FILE, OPSET, OUTPUT_NAME,
                              SE_MEANS, SE_SUMS, STATS_FILE, TILES_FILE, TS_FILE, WEIGHTS_FILE, GraphMetadata,
-                             OnnxModel, first_line, load_weights, ort_session)
+                             OnnxModel, load_weights, ort_session)
 from searchsr.card import make_card, render_card
-from searchsr.card import summary  # noqa: F401  TEMPORARY re-export for searchsr/cli/ship.py: import it from searchsr.card
 from searchsr.config import ArchConfig
 from searchsr.deploy import Clamped, TiledGraph, deployable, se_input_means
-from searchsr.errors import UsageError, VerificationError
+from searchsr.errors import UsageError, VerificationError, first_line
 from searchsr.evaluate import context_radius, tiles
 from searchsr.files import check_new_or_empty_dir, umask
-from searchsr.train import CONFIG_FILE, RESULT_FILE
+from searchsr.runs import CONFIG_FILE, RESULT_FILE
 
 FORMATS = ("yaml", "safetensors", "onnx", "torchscript")
 TOLERANCE = 1e-4  # max |ONNX/TorchScript - PyTorch| on [0, 1] outputs

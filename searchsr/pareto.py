@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 import pandas as pd
-from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
 from searchsr.errors import UsageError
-from searchsr.space import OBJECTIVES, Objective
+from searchsr.internals import compute_hypervolume
+from searchsr.objectives import OBJECTIVES, Objective
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,18 @@ def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
     return history
 
 
+def front_rows(front: Front) -> list[FrontPoint]:
+    """What a front listing shows, in every format: the front's trials, then the paper's networks
+    that are not on it (marked ``front: false``)."""
+    on_front = {p.number for p in front.points}
+    return list(front.points) + [b for b in front.baselines if b.number not in on_front]
+
+
 def front_table(front: Front) -> pd.DataFrame:
-    """One row per front trial (plus off-front baselines), the columns users compare."""
+    """``front_rows`` with the columns users compare (the printed table and ``--csv``)."""
     on_front = {p.number for p in front.points}
     rows = []
-    for p in list(front.points) + [b for b in front.baselines if b.number not in on_front]:
+    for p in front_rows(front):
         m = p.metrics
         rows.append({"trial": p.number, "front": p.number in on_front, "baseline": p.preset or "",
                      "nf": p.arch.get("nf"), "N": p.arch.get("n_blocks"), "expansion": p.arch.get("expansion"),
@@ -121,7 +128,9 @@ def _scaled(value: float | None, unit: float) -> float | None:
 
 
 def front_records(front: Front) -> list[dict]:
-    """``front --json``: one object per front trial with its number, objective values and arch."""
-    return [{"number": p.number, **p.values, "arch": p.arch, "baseline": p.preset,
+    """``front --json``: ``front_rows`` as objects: number, objective values, arch, whether on the front,
+    and every recorded metric."""
+    on_front = {p.number for p in front.points}
+    return [{"number": p.number, **p.values, "arch": p.arch, "baseline": p.preset, "front": p.number in on_front,
              **{k: v for k, v in p.metrics.items() if k not in ("arch", "preset") and k not in p.values}}
-            for p in front.points]
+            for p in front_rows(front)]

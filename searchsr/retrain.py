@@ -26,7 +26,8 @@ from scipy import stats
 
 from searchsr.arch import build_model
 from searchsr.config import PRESETS, ArchConfig
-from searchsr.errors import UsageError
+from searchsr.errors import RetrainFailed, UsageError
+from searchsr.runs import trial_name
 from searchsr.schedule import Schedule
 
 
@@ -34,7 +35,7 @@ from searchsr.schedule import Schedule
 class Job:
     """One network to retrain: a study trial or a paper baseline."""
 
-    name: str  # "trial_12" or "lite" — also the run folder's name
+    name: str  # "trial_00012" or "lite": also the run folder's name (searchsr.runs)
     arch: ArchConfig
     trial: int | None
     short_psnr: float | None  # the search's proxy score (None for a baseline not in the study)
@@ -63,7 +64,7 @@ def select_jobs(study: optuna.Study, trials: list[int] | None, front: bool, base
             raise UsageError(f"study {study.study_name!r} has no trial {number}")
         if trial.state != TrialState.COMPLETE or "arch" not in trial.user_attrs:
             raise UsageError(f"trial {number} is {trial.state.name}, not a completed search trial")
-        jobs.append(Job(f"trial_{number}", ArchConfig.from_dict(trial.user_attrs["arch"]), number,
+        jobs.append(Job(trial_name(number), ArchConfig.from_dict(trial.user_attrs["arch"]), number,
                         trial.user_attrs.get("psnr")))
     for name in baselines:
         if name not in PRESETS:
@@ -88,29 +89,10 @@ def estimate_seconds(jobs: list[Job], schedule: Schedule, concurrency: int, thre
                      probe_steps: int = 2) -> float:
     """Wall-time estimate: a few timed training steps per network on ``threads`` threads (as each
     trial will run), scaled to the schedule, then packed longest-first onto ``concurrency`` workers."""
-    import torch
-    import torch.nn.functional as F
+    from searchsr.bench import time_train_steps
 
-    seconds = []
-    scale = jobs[0].arch.scale
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for job in jobs:
-            model = build_model(job.arch).train().to(memory_format=torch.channels_last)
-            optimizer = torch.optim.Adam(model.parameters())
-            lr = torch.rand(schedule.batch_size, 3, schedule.patch_size, schedule.patch_size)
-            hr = torch.rand(schedule.batch_size, 3, schedule.patch_size * scale, schedule.patch_size * scale)
-            times = []
-            for _ in range(probe_steps + 1):
-                start = time.perf_counter()
-                optimizer.zero_grad()
-                F.l1_loss(model(lr.contiguous(memory_format=torch.channels_last)), hr).backward()
-                optimizer.step()
-                times.append(time.perf_counter() - start)
-            seconds.append(min(times[1:]) * schedule.steps)
-    finally:
-        torch.set_num_threads(before)
+    seconds = [min(time_train_steps(job.arch, schedule.batch_size, schedule.patch_size, steps=probe_steps,
+                                    warmup=1, threads=threads)) * schedule.steps for job in jobs]
     return makespan(seconds, concurrency)
 
 
@@ -131,17 +113,18 @@ def retrain_trial(config: dict[str, Any], meter: Any) -> None:
     from searchsr.data import load_folder, load_images
     from searchsr.evaluate import evaluate, model_upscaler
     from searchsr.schedule import load_schedule
+    from searchsr.runs import CONFIG_FILE, RESULT_FILE
     from searchsr.train import load_trained, train
 
     cfg = ArchConfig.from_dict(config["arch"])
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
     run_dir = Path(config["out"]) / config["name"]
     schedule = load_schedule(config["schedule"])
-    if not (run_dir / "result.json").is_file():
+    if not (run_dir / RESULT_FILE).is_file():
         train_set = load_images(config["train_dir"], "train", cfg.scale)
         val_set = load_images(config["val_dir"], "val", cfg.scale)
         train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
-              resume=(run_dir / "config.json").is_file(), progress=False)
+              resume=(run_dir / CONFIG_FILE).is_file(), progress=False)
     _, model = load_trained(run_dir)
     scores = {}
     for bench in config["bench"]:
@@ -248,18 +231,22 @@ class RetrainSettings:
 
 def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | None, Path]:
     """Validate, estimate, retrain in parallel under Ray Tune, compare, write, write back."""
-    import ray
     from ray import tune
 
     from searchsr.data import check_patch_size, load_folder, load_images
     from searchsr.evaluate import check_scorable
-    from searchsr.export import writable_ancestor
+    from searchsr.files import writable_ancestor
+    from searchsr.runs import RESULT_FILE
+    from searchsr.raysession import TrialProgress, cluster_cpus, cluster_gpus, ray_session, start_meter
     from searchsr.schedule import load_schedule
-    from searchsr.study import load_study, open_storage
-    from searchsr.tuner import CostMeter, start_ray
+    from searchsr.storage import load_study, open_storage
 
     if settings.out.exists() and not settings.out.is_dir():
         raise UsageError(f"--out {settings.out}: exists and is not a folder")
+    if settings.cpus_per_trial < 1:
+        raise UsageError(f"--cpus-per-trial must be >= 1, got {settings.cpus_per_trial}")
+    if settings.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {settings.gpus_per_trial}")
     writable_ancestor(settings.out, settings.out)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
     jobs = select_jobs(study, settings.trials, settings.front, settings.baselines)
@@ -270,45 +257,46 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
         for bench in settings.bench:
             check_scorable(load_folder(bench, scale))
     settings.out.mkdir(parents=True, exist_ok=True)
-    started = start_ray(settings.address, settings.verbose)
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0)
+    with ray_session(settings.address, settings.verbose):
+        gpus = cluster_gpus()
         gpus_per_trial = settings.gpus_per_trial or (1 if gpus else 0)
-        slots = int(gpus // gpus_per_trial) if gpus_per_trial else int(ray.cluster_resources().get("CPU", 1))
+        slots = int(gpus // gpus_per_trial) if gpus_per_trial else cluster_cpus()
         concurrency = max(1, min(len(jobs), slots // (1 if gpus_per_trial else settings.cpus_per_trial)))
-        pending = [j for j in jobs if not (settings.out / j.name / "result.json").is_file()]
+        pending = [j for j in jobs if not (settings.out / j.name / RESULT_FILE).is_file()]
         if pending and not gpus:
             eta = estimate_seconds(pending, schedule, concurrency, settings.cpus_per_trial)
             say(f"retraining {len(pending)} of {len(jobs)} network(s) with schedule {schedule.name} on CPU, "
                 f"{concurrency} at a time: estimated {eta / 3600:.1f} h ({eta:.0f} s) before evaluation")
-        meter = ray.remote(num_cpus=0, max_concurrency=1)(CostMeter).remote(1, settings.latency_runs)
-        config = {"out": str(settings.out.resolve()), "schedule": settings.schedule, "train_dir": settings.train_dir,
-                  "val_dir": settings.val_dir, "bench": [str(Path(b).resolve()) for b in settings.bench],
+        meter = start_meter(1, settings.latency_runs)
+        config = {"out": str(settings.out.resolve()), "schedule": _for_workers_schedule(settings.schedule),
+                  "train_dir": _absolute(settings.train_dir), "val_dir": _absolute(settings.val_dir),
+                  "bench": [str(Path(b).resolve()) for b in settings.bench],
                   "seed": settings.seed, "cpus_per_trial": settings.cpus_per_trial,
                   "name": tune.grid_search([j.name for j in longest_first(jobs)])}
         arch_by_name = {j.name: j.arch.to_dict() for j in jobs}
         trainable = tune.with_resources(
             tune.with_parameters(_with_arch, meter=meter, arch_by_name=arch_by_name),
             {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial})
+        progress = TrialProgress(len(jobs), "network", _describe_done, _describe_error)
         tuner = tune.Tuner(trainable, param_space=config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
                            run_config=tune.RunConfig(name=f"retrain-{int(time.time())}", verbose=0,
-                                                     callbacks=[_progress(len(jobs))],
+                                                     callbacks=[progress.callback],
                                                      storage_path=str((settings.out / "ray").resolve())))
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            progress.close()
         failed = [r for r in grid if r.error]
         if failed:
-            raise RuntimeError(f"{len(failed)} retraining trial(s) failed; rerun the command to resume them "
-                               f"(first error: {str(failed[0].error).splitlines()[-1][:300]})")
+            raise RetrainFailed(f"{len(failed)} retraining trial(s) failed; rerun the command to resume them "
+                                f"(first error: {str(failed[0].error).splitlines()[-1][:300]})")
         finished = [r for r in grid if "scores_json" in (r.metrics or {})]
         if len(finished) < len(jobs):  # Ctrl-C: Tune stopped the running trials and returned
             raise KeyboardInterrupt(f"{len(finished)} of {len(jobs)} networks finished; rerun the same command to "
                                     "resume the others from their checkpoints")
         scores = {r.metrics["name"]: json.loads(r.metrics["scores_json"]) for r in grid}
         costs = {r.metrics["name"]: json.loads(r.metrics["costs_json"]) for r in grid}
-    finally:
-        if started:
-            ray.shutdown()
     table = comparison_table(jobs, scores, costs)
     fidelity = proxy_fidelity(table)
     csv_path, _ = write_outputs(table, fidelity, settings.out)
@@ -316,28 +304,25 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     return table, fidelity, csv_path
 
 
-def _progress(total: int) -> Any:
-    """A Tune callback: a bar over the networks and one line as each finishes (Ray's own output is off)."""
-    from ray.tune import Callback
-    from tqdm import tqdm
+def _absolute(path: str | None) -> str | None:
+    """Ray workers run in their own working directories: hand them absolute paths."""
+    return None if path is None else str(Path(path).resolve())
 
-    bar = tqdm(total=total, unit="network", dynamic_ncols=True, file=sys.stderr)
 
-    class Progress(Callback):
-        def __getstate__(self) -> dict:  # Tune pickles callbacks; the bar stays with the driver
-            return {}
+def _for_workers_schedule(spec: str) -> str:
+    from searchsr.schedule import shipped_schedules
 
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            scores = json.loads((trial.last_result or {}).get("scores_json", "{}"))
-            shown = ", ".join(f"{bench} {s['psnr_y']:.2f} dB" for bench, s in scores.items())
-            bar.write(f"{trial.config.get('name')}: {shown or 'done'}", file=sys.stderr)
-            bar.update()
+    return spec if spec in shipped_schedules() else str(Path(spec).resolve())
 
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            bar.write(f"{trial.config.get('name')}: FAILED (rerun the command to resume it)", file=sys.stderr)
-            bar.update()
 
-    return Progress()
+def _describe_done(trial: Any) -> str:
+    scores = json.loads((trial.last_result or {}).get("scores_json", "{}"))
+    shown = ", ".join(f"{bench} {s['psnr_y']:.2f} dB" for bench, s in scores.items())
+    return f"{trial.config.get('name')}: {shown or 'done'}"
+
+
+def _describe_error(trial: Any) -> str:
+    return f"{trial.config.get('name')}: FAILED (rerun the command to resume it)"
 
 
 def _with_arch(config: dict[str, Any], meter: Any, arch_by_name: dict[str, dict]) -> None:

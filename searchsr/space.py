@@ -1,4 +1,4 @@
-"""Search spaces (YAML) -> typed params, Optuna sampling, objectives and constraints.
+"""Search spaces (YAML) -> typed params and Optuna sampling (objectives and constraints: ``searchsr.objectives``).
 
 A space file names ArchConfig fields and how to search each one::
 
@@ -9,7 +9,7 @@ A space file names ArchConfig fields and how to search each one::
       se_ratio: {choices: [2, 4, 8], when: {se: true}}   # conditional
       scale: 4                                  # a bare value (or {fixed: 4}) is fixed
     constraints:                                # optional; Optuna's constraints mechanism
-      - latency_ms <= 200                       # <metric> <= | >= <number>, metric in METRICS
+      - latency_ms <= 200                       # <metric> <= | >= <number> (searchsr.objectives)
 
 Fields not listed keep ArchConfig's default. ``when: {other: value, ...}`` makes a param
 exist only while every named param (a choices or fixed param declared *above* it, so there
@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -42,27 +41,14 @@ import yaml
 
 from searchsr.config import ArchConfig
 from searchsr.errors import UsageError
+from searchsr.objectives import Constraint
 
 Scalar = bool | int | float | str
 SCALARS = (bool, int, float, str)
 Condition = tuple[tuple[str, Scalar], ...]  # ((param, required value), ...): hashable, ordered
 
 DEFAULTS: dict[str, Any] = ArchConfig().to_dict()
-
-# Names a trial records (user attributes) and constraints may use.
-METRICS = ("psnr", "ssim", "latency_ms", "latency_ratio", "flops", "params", "activations", "memory")
-
-# objective name -> (Optuna direction, metric / user-attribute key)
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "psnr": ("maximize", "psnr"),
-    "ssim": ("maximize", "ssim"),
-    "latency": ("minimize", "latency_ms"),
-    "flops": ("minimize", "flops"),
-    "params": ("minimize", "params"),
-    "activations": ("minimize", "activations"),
-    "memory": ("minimize", "memory"),
-}
-
+SPACE_DIR = Path(__file__).parent / "spaces"  # the shipped spaces, documented in mbv3_sr.yaml
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -190,67 +176,6 @@ def _corners(param: Param) -> tuple[Any, ...]:
     return (min(values), max(values)) if all(_is_number(v) for v in values) else values
 
 
-@dataclass(frozen=True)
-class Constraint:
-    """``metric <= bound`` or ``metric >= bound``; parsed from the space file or the CLI."""
-
-    metric: str  # one of METRICS
-    op: str  # "<=" | ">="
-    bound: float
-
-    @classmethod
-    def parse(cls, text: Any) -> Constraint:
-        number = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-        match = re.fullmatch(rf"\s*(\w+)\s*(<=|>=)\s*({number})\s*", text) if isinstance(text, str) else None
-        if match is None:
-            raise UsageError(f"expected '<metric> <= <number>' or '<metric> >= <number>', got {text!r}")
-        metric, op, bound = match.groups()
-        if metric not in METRICS:
-            raise UsageError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
-        return cls(metric, op, float(bound))
-
-    def value(self, metrics: Mapping[str, float]) -> float:
-        """Optuna's convention: <= 0 is feasible, and the size says by how much it is violated."""
-        if self.metric not in metrics:
-            raise UsageError(f"constraint {self} needs metric {self.metric!r}, have {sorted(metrics)}")
-        excess = float(metrics[self.metric]) - self.bound
-        return excess if self.op == "<=" else -excess
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.bound:g}"
-
-
-def constraint_values(constraints: Sequence[Constraint], metrics: Mapping[str, float]) -> list[float]:
-    """For a sampler's ``constraints_func`` (deprecated in Optuna 5.0, removed in 7.0)."""
-    return [c.value(metrics) for c in constraints]
-
-
-def set_constraints(trial: optuna.trial.BaseTrial, constraints: Sequence[Constraint],
-                    metrics: Mapping[str, float]) -> None:
-    """Optuna 5.0's way: samplers and ``study.best_trials`` read ``trial.constraints``; call before ``tell``."""
-    for constraint in constraints:
-        trial.set_constraint(str(constraint), constraint.value(metrics))
-
-
-@dataclass(frozen=True)
-class Objective:
-    name: str
-    direction: str  # "maximize" | "minimize"
-    key: str  # metric / user-attribute key that holds the value
-
-
-def parse_objectives(text: str) -> tuple[Objective, ...]:
-    """``"psnr,latency"`` -> objectives in that order (the order of Optuna's values)."""
-    names = [n.strip() for n in text.split(",")]
-    for name in names:
-        if name not in OBJECTIVES:
-            raise UsageError(f"unknown objective {name!r} (choose from {', '.join(OBJECTIVES)})")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UsageError(f"objective {duplicates[0]!r} given twice")
-    return tuple(Objective(n, *OBJECTIVES[n]) for n in names)
-
-
 def _assign(params: Mapping[str, Param], pick: Callable[[str, Param], Any]) -> dict[str, Any]:
     """Values of the active params in declaration order; ``pick`` chooses each one."""
     values: dict[str, Any] = {}
@@ -297,6 +222,11 @@ class SearchSpace:
         for corner in itertools.product(*(_corners(p) for p in self.params.values())):
             chosen = dict(zip(self.params, corner))
             _build(_assign(self.params, lambda n, _p: chosen[n]))
+
+    @classmethod
+    def fixed(cls, cfg: ArchConfig) -> SearchSpace:
+        """The space of one architecture: every trial is ``cfg`` (benchmarks of the search itself)."""
+        return cls({name: Fixed(value) for name, value in cfg.to_dict().items()}, source=f"<{cfg.to_json()}>")
 
 
 _SPEC_KEYS = {"int": {"step", "log"}, "float": {"step", "log"}, "choices": set(), "fixed": set()}
@@ -375,13 +305,19 @@ def _parse_space(data: Any, source: str) -> SearchSpace:
     return SearchSpace(params, tuple(constraints), source)
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a space file; any problem -> one-line ValueError ``<file>: <key>: <what>``."""
-    path = Path(path)
+def shipped_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACE_DIR.glob("*.yaml"))
+
+
+def load_space(spec: str | Path) -> SearchSpace:
+    """A shipped space name (``mbv3_sr``, ``quick``, ``tiny``: ``searchsr/spaces/``) or a space file;
+    any problem -> one-line UsageError ``<file>: <key>: <what>``."""
+    path = SPACE_DIR / f"{spec}.yaml" if str(spec) in shipped_spaces() else Path(spec)
+    hint = "" if path.exists() else f" (shipped spaces: {', '.join(shipped_spaces())})"
     try:
         return _parse_space(_read_yaml(path), str(path))
     except ValueError as error:
-        raise UsageError(f"{path}: " + " ".join(str(error).split())) from None
+        raise UsageError(f"{path}: " + " ".join(str(error).split()) + hint) from None
 
 
 def sample_values(space: SearchSpace, trial: optuna.trial.BaseTrial) -> dict[str, Any]:

@@ -44,17 +44,14 @@ from searchsr.arch import MobileSR, build_model
 from searchsr.config import ArchConfig
 from searchsr.cost import count_cost
 from searchsr.data import ImageSet, PatchDataset, patch_loader
+from searchsr.defaults import DEFAULT_TILE
 from searchsr.errors import DivergedError, UsageError
-from searchsr.evaluate import DEFAULT_TILE, EvalResult, bicubic_upscaler, check_scorable, evaluate, model_upscaler
+from searchsr.evaluate import EvalResult, bicubic_upscaler, check_scorable, evaluate, model_upscaler
 from searchsr.files import atomic_write, check_new_or_empty_dir
+from searchsr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, WEIGHTS_FILE
 from searchsr.schedule import Schedule
 
 # The run folder's files (see the module docstring).
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-WEIGHTS_FILE = "weights.safetensors"
-RESULT_FILE = "result.json"
 METRICS_COLUMNS = ("step", "loss", "lr", "val_psnr_y", "val_ssim_y")
 LR_GAMMA = 0.5  # "halved at steps [...]"
 

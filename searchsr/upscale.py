@@ -30,8 +30,9 @@ from PIL import Image
 
 from searchsr.bundle import MIN_SIDE, OnnxModel, TorchModel, load_model
 from searchsr.data import read_image
+from searchsr.defaults import DEFAULT_TILE
 from searchsr.errors import UsageError
-from searchsr.evaluate import DEFAULT_TILE, check_tile
+from searchsr.evaluate import check_tile
 from searchsr.files import atomic_output, check_writable_dir
 from searchsr.imresize import imresize_uint8
 

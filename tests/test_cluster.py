@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from conftest import session_processes
-from searchsr.study import load_study, open_storage
+from searchsr.storage import load_study, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")

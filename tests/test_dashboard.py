@@ -165,7 +165,7 @@ def test_dashboard_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 WRITER = textwrap.dedent("""
     import sys, time, warnings
     import optuna
-    from searchsr.study import open_storage  # the search's own storage settings (busy timeout included)
+    from searchsr.storage import open_storage  # the search's own storage settings (busy timeout included)
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name="live", storage=open_storage(sys.argv[1]),

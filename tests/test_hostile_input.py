@@ -173,6 +173,23 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("retrain-existing-evil-study", _study("retrain", "../../evil"), ("--study must be", "'../../evil'")),
     ("report-existing-evil-study", _study("report", "../../evil"), ("--study must be", "'../../evil'")),
     ("dashboard-existing-evil-study", _study("dashboard", "../../evil"), ("--study must be", "'../../evil'")),
+    # issue 11, point 7: the error path, each checked before anything is trained or written
+    ("profile-device-gpu", ["profile", "--device", "gpu"], ("unknown device 'gpu'", "cpu, cuda")),
+    ("eval-device-tpu", ["eval", "--arch", "xlite", "--data", "{w}/img/ok", "--device", "tpu"], ("'tpu'",)),
+    ("train-device-gpu", _train("--device", "gpu"), ("unknown device 'gpu'",)),
+    ("train-tile-0", _train("--tile", "0"), ("--tile must be at least 16", "got 0")),
+    ("eval-tile-0", ["eval", "--arch", "xlite", "--data", "{w}/img/ok", "--tile", "0"], ("--tile must be",)),
+    ("run-latency-runs-0", _run("--latency-runs", "0"), ("--latency-runs must be >= 1", "got 0")),
+    ("bench-latency-repeats-0", ["bench", "latency", "--repeats", "0"], ("--repeats must be >= 1",)),
+    ("bench-train-steps-0", ["bench", "train", "--steps", "0"], ("--steps must be >= 1",)),
+    ("profile-huge-lr-size", ["profile", "--lr-size", "100000", "100000"], ("needs at least", "GiB", "available")),
+    ("profile-huge-arch", ["profile", "--set", "nf=4000", "--set", "n_blocks=1000"], ("nf=4000, N=1000", "GiB")),
+    ("front-storage-plain-path", ["front", "--storage", "{w}/s.db"], ("not an SQLAlchemy URL", "sqlite:///")),
+    ("run-storage-missing-folders", _run("--storage", "sqlite:///{w}/nodir/deeper/x.db"), ("does not exist",)),
+    ("retrain-schedule-typo", _retrain("--schedule", "smok"), ("unknown schedule 'smok'", "smoke, ")),
+    ("front-unknown-study", ["front", "--storage", DB, "--study", "nope"], ("no study named 'nope'", "studies: ")),
+    ("report-unknown-study", ["report", "--storage", DB, "--study", "nope", "--out", "{w}/r.html"],
+     ("no study named 'nope'", "studies: ")),
 ]
 
 
@@ -351,7 +368,7 @@ def test_study_names_with_nul_are_refused_by_every_command(command: str, templat
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", ".hidden", "/abs", "a\\b", "a\x00b", "a\nb", "a b", "",
                                   "x" * 129, "~", "$HOME"])
 def test_hostile_study_names_are_refused(name: str) -> None:
-    from searchsr.study import check_study_name
+    from searchsr.storage import check_study_name
 
     with pytest.raises(ValueError, match="--study must be") as info:
         check_study_name(name)
@@ -360,6 +377,6 @@ def test_hostile_study_names_are_refused(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["t", "searchsr", "sun80", "my.study-2_x", "x" * 128])
 def test_ordinary_study_names_pass(name: str) -> None:
-    from searchsr.study import check_study_name
+    from searchsr.storage import check_study_name
 
     assert check_study_name(name) == name

@@ -43,6 +43,16 @@ def test_front_membership_baselines_and_hypervolume() -> None:
     assert list(table["trial"]) == [0, 1, 3] and list(table["baseline"]) == ["xlite", "", ""]
     records = front_records(front)
     assert records[1]["number"] == 1 and records[1]["psnr"] == 32.0 and records[1]["arch"] == {"nf": 16}
+    assert [r["number"] for r in records] == list(table["trial"]) and all(r["front"] for r in records)
+
+
+def test_off_front_baseline_is_listed_in_every_format() -> None:
+    study = _study([(29.0, 20.0, {"preset": "xlite"}), (30.0, 10.0, {})])  # xlite dominated by trial 1
+    front = compute_front(study)
+    assert [p.number for p in front.points] == [1]
+    assert list(front_table(front)["trial"]) == [1, 0]
+    assert [(r["number"], r["front"], r["baseline"]) for r in front_records(front)] == [(1, True, None),
+                                                                                      (0, False, "xlite")]
 
 
 def test_hypervolume_history_is_non_decreasing() -> None:

@@ -22,8 +22,10 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from searchsr.space import load_space, parse_objectives
-from searchsr.study import enqueue_presets, load_study, open_storage, prepare_study
+from searchsr.objectives import parse_objectives
+from searchsr.space import load_space
+from searchsr.storage import load_study, open_storage
+from searchsr.study import enqueue_presets, prepare_study
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = parse_objectives("psnr,latency")

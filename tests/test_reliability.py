@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import session_processes
-from searchsr.study import load_study, open_storage
+from searchsr.storage import load_study, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def _tiny_run(tmp: Path, trials: int, *extra: str) -> list[str]:
 def test_architectures_that_raise_or_exhaust_memory_fail_alone(tmp_path: Path) -> None:
     """Users enqueue their own configs through Optuna; Optuna accepts out-of-range values, so a
     trial can carry an invalid arch (ValueError) or one too big to allocate (a real OOM)."""
-    from searchsr.space import parse_objectives
+    from searchsr.objectives import parse_objectives
     from searchsr.study import prepare_study
 
     study = prepare_study("crash", open_storage(f"sqlite:///{tmp_path}/s.db"), parse_objectives("psnr,latency"),
@@ -116,9 +116,10 @@ def test_architectures_that_raise_or_exhaust_memory_fail_alone(tmp_path: Path) -
     assert "Traceback" not in out.stderr
     trials = sorted(_states(tmp_path), key=lambda t: t.number)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
-    assert "ValueError" in trials[0].user_attrs["fail_reason"] and "-8" in trials[0].user_attrs["fail_reason"]
+    # the invalid arch is a user error (searchsr.errors.UsageError, a ValueError)
+    assert "UsageError" in trials[0].user_attrs["fail_reason"] and "-8" in trials[0].user_attrs["fail_reason"]
     assert "memory" in trials[1].user_attrs["fail_reason"].lower()
-    assert "trial 0: FAILED (ValueError: nf must be" in out.stdout, out.stdout
+    assert "trial 0: FAILED (UsageError: nf must be" in out.stdout, out.stdout
 
 
 @pytest.mark.slow

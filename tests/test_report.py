@@ -17,7 +17,9 @@ from optuna.trial import TrialState
 from conftest import read_paper_table
 from searchsr.cli import main
 from searchsr.pareto import compute_front
-from searchsr.report import (MIN_IMPORTANCE_TRIALS, compute_report, figures, load_family, render, write_report)
+from searchsr.figures import figures
+from searchsr.page import render, write_report
+from searchsr.report import MIN_IMPORTANCE_TRIALS, compute_report, load_family
 
 DISTS = {"nf": IntDistribution(8, 16, step=8), "n_blocks": IntDistribution(1, 2),
          "se": CategoricalDistribution((True, False)), "se_ratio": CategoricalDistribution((2, 4))}

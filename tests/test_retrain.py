@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from searchsr.retrain import proxy_fidelity
-from searchsr.study import load_study, open_storage
+from searchsr.runs import trial_name
+from searchsr.storage import load_study, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def test_search_retrain_export_upscale(tmp_path: Path) -> None:
     import pandas as pd
 
     table = pd.read_csv(out / "comparison.csv")
-    assert list(table["model"]) == [f"trial_{n}" for n in chosen] + ["xlite"]
+    assert list(table["model"]) == [trial_name(n) for n in chosen] + ["xlite"]  # one run-folder layout
     for column in ("bench_psnr_y", "bench_ssim_y", "params", "flops_g", "latency_ms", "latency_ratio_xlite",
                    "short_psnr", "dominates"):
         assert column in table.columns
@@ -66,7 +67,7 @@ def test_search_retrain_export_upscale(tmp_path: Path) -> None:
                        "--out", str(tmp_path / "exported"))
     assert export.returncode == 0, export.stderr[-2000:]
     card = json.loads((tmp_path / "exported" / "model_card.json").read_text())
-    assert str(out / f"trial_{chosen[0]}") in json.dumps(card)  # the retrained weights, not the search's
+    assert str(out / trial_name(chosen[0])) in json.dumps(card)  # the retrained weights, not the search's
 
     image = skimage.data.coffee()[40:61, 60:90]
     Image.fromarray(image).save(tmp_path / "in.png")
@@ -77,7 +78,7 @@ def test_search_retrain_export_upscale(tmp_path: Path) -> None:
     assert sr.shape == (84, 120, 3)
     from searchsr.export import load_run
 
-    _, model, _ = load_run(out / f"trial_{chosen[0]}")
+    _, model, _ = load_run(out / trial_name(chosen[0]))
     with torch.inference_mode():
         ref = model.eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0].clamp(0, 1)
     ref = np.floor(ref.permute(1, 2, 0).numpy() * 255 + 0.5)

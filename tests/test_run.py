@@ -12,8 +12,9 @@ import optuna
 import pytest
 from PIL import Image
 
-from searchsr.study import load_study, mask_url, open_storage, prepare_study
-from searchsr.space import parse_objectives
+from searchsr.storage import load_study, mask_url, open_storage
+from searchsr.study import prepare_study
+from searchsr.objectives import parse_objectives
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("psnr", "ssim", "latency_ms", "latency_ratio", "flops", "params", "activations", "memory", "run_dir",
@@ -37,6 +38,7 @@ def test_run_records_everything_and_continues(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-2000:]
     assert "Pareto front of study 't'" in first.stdout and "hypervolume" in first.stdout
     assert "Traceback" not in first.stderr
+    assert "0 trial(s) so far, 4 new (1 queued first)" in first.stderr  # the queued XLITE has not run yet
     study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
     assert study.metric_names == ["psnr", "latency"]
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -59,9 +61,13 @@ def test_run_records_everything_and_continues(tmp_path: Path) -> None:
     records = json.loads(out.stdout)
     assert out.returncode == 0 and records and all({"number", "psnr", "latency", "arch"} <= set(r) for r in records)
     front_numbers = {t.number for t in study.best_trials}
-    assert {r["number"] for r in records} == front_numbers
+    assert {r["number"] for r in records if r["front"]} == front_numbers
+    xlite = [t.number for t in study.trials if t.user_attrs.get("preset") == "xlite"]
+    assert {r["number"] for r in records} == front_numbers | set(xlite)  # the baseline row, on the front or not
     csv = _searchsr("front", "--study", "t", "--storage", f"sqlite:///{tmp_path}/s.db", "--csv")
     assert csv.stdout.splitlines()[0].startswith("trial,front,baseline,nf,N")
+    rows = csv.stdout.splitlines()[1:]  # one rule for the table, --csv and --json: the same rows
+    assert sorted(int(row.split(",")[0]) for row in rows) == sorted(r["number"] for r in records)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -130,7 +136,8 @@ def test_unreachable_storage_is_one_line(tmp_path: Path) -> None:
 
 def test_run_hands_workers_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray workers run in their own working directories: relative user paths must not reach them."""
-    from searchsr.cli import _search_settings, build_parser
+    from searchsr.cli import build_parser
+    from searchsr.cli.search import settings_from_args
 
     for name in ("train", "val"):
         (tmp_path / name).mkdir()
@@ -139,8 +146,10 @@ def test_run_hands_workers_absolute_paths(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     args = build_parser().parse_args(_run_args(Path("."), 1, "--train-dir", "train", "--val-dir", "val",
                                                "--schedule", "mine.yaml"))
-    settings = _search_settings(args)
-    assert settings.train_dir == str(tmp_path / "train") and settings.val_dir == str(tmp_path / "val")
-    assert settings.schedule == str(tmp_path / "mine.yaml")
-    shipped = _search_settings(build_parser().parse_args(_run_args(Path("."), 1)))
-    assert shipped.schedule == "smoke"
+    settings = settings_from_args(args)
+    settings.check()
+    config = settings.worker_config()
+    assert config["train_dir"] == str(tmp_path / "train") and config["val_dir"] == str(tmp_path / "val")
+    assert config["schedule"] == str(tmp_path / "mine.yaml") and config["runs_root"] == str(tmp_path / "runs" / "t")
+    shipped = settings_from_args(build_parser().parse_args(_run_args(Path("."), 1))).worker_config()
+    assert shipped["schedule"] == "smoke"

@@ -9,18 +9,14 @@ import optuna
 import pytest
 
 from searchsr.config import PRESETS, ArchConfig
+from searchsr.objectives import OBJECTIVES, Constraint, constraint_values, parse_objectives, set_constraints
 from searchsr.space import (
-    OBJECTIVES,
     Categorical,
-    Constraint,
     Fixed,
     Int,
     SearchSpace,
-    constraint_values,
     load_space,
-    parse_objectives,
     sample,
-    set_constraints,
     to_params,
 )
 

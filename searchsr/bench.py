@@ -1,0 +1,177 @@
+"""Benchmarks behind ``searchsr bench``: each returns small dataclasses (the CLI prints them).
+
+* ``bench_latency``: how stable a latency measurement is (CV of the median over repeated
+  measurements), the BN-fusion speed-up, and the ratio to XLITE timed alongside.
+* ``bench_concurrency``: one architecture timed in every trial of a concurrent search: how much
+  does the search's latency vary under load?
+* ``bench_train``: training steps/s per variant (eager, channels_last, torch.compile) and eval time.
+
+``time_train_steps`` is also the retrain estimate's step timer (``searchsr.retrain``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from searchsr.config import PRESETS, ArchConfig, load_arch
+from searchsr.errors import UsageError
+
+
+def _at_least(**values: int) -> None:
+    for name, (value, low) in values.items():
+        if value < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+def _cv(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
+
+
+def time_train_steps(cfg: ArchConfig, batch: int, patch: int, steps: int, warmup: int = 1,
+                     channels_last: bool = True, compiled: bool = False, threads: int | None = None) -> list[float]:
+    """Seconds of each of ``steps`` training steps (L1, Adam) on random ``batch`` x ``patch``^2 LR
+    patches, after ``warmup`` untimed steps; ``threads`` torch threads while timing."""
+    import torch
+    import torch.nn.functional as F
+
+    from searchsr.arch import build_model
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model = build_model(cfg).train().to(memory_format=fmt)
+        step_model = torch.compile(model) if compiled else model
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-3, betas=(0.9, 0.99))
+        lr = torch.rand(batch, 3, patch, patch).to(memory_format=fmt)
+        hr = torch.rand(batch, 3, patch * cfg.scale, patch * cfg.scale).to(memory_format=fmt)
+        times = []
+        for _ in range(warmup + steps):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            F.l1_loss(step_model(lr), hr).backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        return times[warmup:]
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class LatencyBench:
+    """One architecture: ``repeats`` independent measurements of the BN-fused net, each interleaved
+    with the unfused net and XLITE."""
+
+    medians_ms: list[float]
+    cv_of_median: float
+    fusion_speedup: float
+    ratio_to_xlite: float
+    cv_of_ratio: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_latency(archs: list[str], lr_size: tuple[int, int], repeats: int, runs: int, threads: int,
+                  device: str, on_result: Callable[[str, LatencyBench], None] | None = None
+                  ) -> dict[str, LatencyBench]:
+    from searchsr.arch import build_model
+    from searchsr.cost import measure_latency, prepare_for_timing
+
+    _at_least(repeats=(repeats, 1), runs=(runs, 1), threads=(threads, 1))
+    if not archs:
+        raise UsageError("--archs: give at least one preset or config file")
+    models = {name: build_model(load_arch(name)) for name in archs}
+    reference = prepare_for_timing(build_model(PRESETS["xlite"]))
+    report = {}
+    for name, model in models.items():
+        fused, unfused = prepare_for_timing(model), model.eval()
+        medians, speedups, ratios = [], [], []
+        for _ in range(repeats):
+            f, u, ref = measure_latency([fused, unfused, reference], lr_size, runs=runs, threads=threads,
+                                        device=device)
+            medians.append(f.median_ms)
+            speedups.append(u.median_ms / f.median_ms)
+            ratios.append(f.median_ms / ref.median_ms)
+        report[name] = LatencyBench(medians, _cv(medians), statistics.median(speedups), statistics.median(ratios),
+                                    _cv(ratios))
+        if on_result is not None:
+            on_result(name, report[name])
+    return report
+
+
+@dataclass(frozen=True)
+class ConcurrencyBench:
+    arch: dict
+    latencies_ms: list[float]
+    median_ms: float
+    spread: float  # (max - min) / median
+    cv: float
+    xlite_preset: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_concurrency(arch: str, trials: int, concurrency: int, schedule: str, latency_runs: int
+                      ) -> ConcurrencyBench:
+    """A throw-away study whose every trial is ``arch`` (a space of fixed values), ``concurrency`` at once."""
+    from searchsr.objectives import parse_objectives
+    from searchsr.search import SearchSettings, run_search
+    from searchsr.space import SearchSpace
+    from searchsr.storage import load_study, open_storage
+
+    _at_least(trials=(trials, 2), concurrency=(concurrency, 0), latency_runs=(latency_runs, 1))
+    cfg = load_arch(arch)
+    with tempfile.TemporaryDirectory(prefix="searchsr-bench-") as tmp:
+        storage = f"sqlite:///{tmp}/bench.db"
+        run_search(SearchSettings(space=SearchSpace.fixed(cfg), objectives=parse_objectives("psnr,latency"),
+                                  trials=trials, study="bench", storage=storage, sampler="random",
+                                  schedule=schedule, runs_dir=Path(tmp) / "runs", enqueue=(),
+                                  concurrency=concurrency, latency_runs=latency_runs))
+        done = load_study("bench", open_storage(storage)).get_trials(deepcopy=False)
+        latencies = [t.user_attrs["latency_ms"] for t in done if "latency_ms" in t.user_attrs]
+    if len(latencies) < 2:
+        raise UsageError(f"only {len(latencies)} trial(s) completed; nothing to compare")
+    median = statistics.median(latencies)
+    return ConcurrencyBench(cfg.to_dict(), latencies, median, (max(latencies) - min(latencies)) / median,
+                            _cv(latencies), cfg == PRESETS["xlite"])
+
+
+def bench_train(archs: list[str], batch: int, patch: int, steps: int, warmup: int, compiled: bool,
+                eval_data: str | None, on_result: Callable[[str, str, float], None] | None = None
+                ) -> dict[str, dict[str, float]]:
+    """arch -> {variant: steps/s (median), "eval_seconds": ...}; ``on_result(arch, variant, value)``."""
+    from searchsr.arch import build_model
+    from searchsr.data import load_images
+    from searchsr.evaluate import evaluate, model_upscaler
+
+    _at_least(batch=(batch, 1), patch=(patch, 4), steps=(steps, 1), warmup=(warmup, 0))
+    if not archs:
+        raise UsageError("--archs: give at least one preset or config file")
+    configs = {name: load_arch(name) for name in archs}
+    images = {cfg.scale: load_images(eval_data, "val", cfg.scale) for cfg in configs.values()} if eval_data else {}
+    variants = {"eager": (False, False), "channels_last": (True, False)}
+    if compiled:
+        variants["channels_last+compile"] = (True, True)
+    report: dict[str, dict[str, float]] = {}
+    for name, cfg in configs.items():
+        report[name] = {}
+        for variant, (channels_last, compile_it) in variants.items():
+            times = time_train_steps(cfg, batch, patch, steps, warmup, channels_last, compile_it)
+            report[name][variant] = 1 / statistics.median(times)
+            if on_result is not None:
+                on_result(name, variant, report[name][variant])
+        if eval_data:
+            result = evaluate(model_upscaler(build_model(cfg).eval()), images[cfg.scale])
+            report[name]["eval_seconds"] = result.seconds
+            if on_result is not None:
+                on_result(name, "eval_seconds", result.seconds)
+    return report

@@ -1,0 +1,156 @@
+"""``searchsr run | front | retrain``: a study's search, its Pareto front, and retraining the front."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from searchsr.cli import options
+from searchsr.defaults import DEFAULT_SPACE
+from searchsr.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", parents=[options.common(), options.study(), options.ray_cluster()],
+                       help="search: Optuna multi-objective study, trials run by Ray Tune",
+                       description="Run N new trials of a study (created or continued): each trial trains "
+                                   "the proxy schedule, scores PSNR-Y/SSIM-Y, counts FLOPs/params and "
+                                   "measures latency; ends with the Pareto front.")
+    p.add_argument("--space", default=DEFAULT_SPACE,
+                   help=f"a shipped space (mbv3_sr, quick, tiny) or a space YAML file (default: {DEFAULT_SPACE}; "
+                        "searchsr/spaces/mbv3_sr.yaml documents the format)")
+    p.add_argument("--objectives", default="psnr,latency",
+                   help="comma-separated subset of psnr, ssim, latency, flops, params, activations, memory "
+                        "(default: psnr,latency)")
+    p.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                   help="extra constraint like 'latency_ms <= 40' or 'params <= 100000' (repeatable)")
+    p.add_argument("--trials", type=int, default=12, help="new trials in this invocation (default: 12)")
+    p.add_argument("--sampler", default="tpe", help="nsga2, tpe or random (default: tpe)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
+    p.add_argument("--schedule", default="short", help="training schedule per trial (default: short)")
+    p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
+    p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
+    p.add_argument("--enqueue", default="xlite", help="paper presets to put in the study, e.g. lite,xlite "
+                                                      "(default: xlite; '' for none)")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (default: 0)")
+    p.add_argument("--concurrency", type=int, default=0, help="trials at once (default: CPUs / cpus-per-trial)")
+    p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
+    p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
+    p.add_argument("--max-failures", type=int, default=0, help="stop after this many failed trials (0: never)")
+    p.add_argument("--stale-after", type=int, default=60, metavar="SECONDS",
+                   help="a RUNNING trial without heartbeat this long lost its driver: on the next run it is "
+                        "marked FAIL and its parameters re-queued (default: 60)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("front", parents=[options.common(), options.study()],
+                       help="print a study's Pareto front (table, --json or --csv)",
+                       description="The study's Pareto front (feasible, completed trials) and its hypervolume. "
+                                   "The table, --json and --csv list the same rows: the front, plus the paper's "
+                                   "XLITE/LITE as baselines where the study has them.")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="a JSON list, one object per row")
+    fmt.add_argument("--csv", action="store_true", help="CSV table")
+    p.set_defaults(func=cmd_front)
+
+    p = sub.add_parser("retrain", parents=[options.common(), options.study(), options.ray_cluster()],
+                       help="retrain front trials and LITE/XLITE with one schedule, compare, write back",
+                       description="Retrain chosen trials' architectures and the paper's baselines with the same "
+                                   "schedule and data (one Ray Tune trial per network, resumable: rerun to "
+                                   "continue), score every --bench folder, and write comparison.csv/.md.")
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument("--trials", help="comma-separated trial numbers, e.g. 12,31")
+    pick.add_argument("--front", action="store_true", help="every trial on the Pareto front")
+    p.add_argument("--baselines", default="lite,xlite", help="paper presets retrained alongside (default: lite,xlite)")
+    p.add_argument("--schedule", default="full",
+                   help="full (the paper's), medium (1.5x short, for CPUs), short, smoke or a YAML file "
+                        "(default: full)")
+    p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
+    p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
+    p.add_argument("--bench", action="append", metavar="DIR", help="benchmark folder scored after training (repeatable)")
+    p.add_argument("--out", required=True, help="output folder (run folders, comparison.csv/.md)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per network (default: 1 where there are GPUs)")
+    p.set_defaults(func=cmd_retrain)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """``run``'s arguments as ``SearchSettings`` (parsed here, validated by ``SearchSettings.check``)."""
+    from searchsr.objectives import parse_constraints, parse_objectives
+    from searchsr.search import SearchSettings
+    from searchsr.space import load_space
+
+    return SearchSettings(space=load_space(args.space), objectives=parse_objectives(args.objectives),
+                          constraints=parse_constraints(args.constraint), trials=args.trials, study=args.study,
+                          storage=args.storage, sampler=args.sampler, seed=args.seed, schedule=args.schedule,
+                          train_dir=args.train_dir, val_dir=args.val_dir, runs_dir=args.runs_dir,
+                          enqueue=tuple(options.csv_list(args.enqueue)), cpus_per_trial=args.cpus_per_trial,
+                          gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, address=args.address,
+                          latency_runs=args.latency_runs, max_failures=args.max_failures,
+                          stale_after=args.stale_after, verbose=args.verbose)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from searchsr.search import run_search
+
+    options.quiet_optuna()
+    print_front(run_search(settings_from_args(args)))
+    return 0
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    from searchsr.storage import check_study_name, load_study, open_storage
+
+    options.quiet_optuna()
+    study = load_study(check_study_name(args.study), open_storage(args.storage, create=False))
+    print_front(study, as_json=args.json, as_csv=args.csv)
+    return 0
+
+
+def print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
+    from searchsr.pareto import compute_front, front_records, front_table
+
+    front = compute_front(study)
+    if as_json:
+        print(json.dumps(front_records(front), default=str))
+        return
+    table = front_table(front)
+    if as_csv:
+        print(table.to_csv(index=False), end="")
+        return
+    names = ", ".join(f"{o.name} ({o.direction[:3]})" for o in front.objectives)
+    print(f"Pareto front of study {study.study_name!r}: {len(front.points)} of {front.complete_trials} "
+          f"complete feasible trials; objectives {names}")
+    if not table.empty:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    ref = ", ".join(f"{k}={v:.4g}" for k, v in front.reference_point.items())
+    print(f"hypervolume {front.hypervolume:.6g} (reference point: {ref or 'none'})")
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from searchsr.retrain import RetrainSettings, run_retrain
+    from searchsr.storage import check_study_name
+
+    options.quiet_optuna()
+    check_study_name(args.study)
+    trials = None
+    if args.trials:
+        try:
+            trials = [int(t) for t in options.csv_list(args.trials)]
+        except ValueError:
+            raise UsageError(f"--trials takes trial numbers like 12,31, got {args.trials!r}") from None
+    table, fidelity, csv_path = run_retrain(RetrainSettings(
+        study=args.study, storage=args.storage, trials=trials, front=args.front,
+        baselines=options.csv_list(args.baselines), schedule=args.schedule, train_dir=args.train_dir,
+        val_dir=args.val_dir, bench=args.bench or [], out=Path(args.out), seed=args.seed,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+        verbose=args.verbose))
+    print(table.drop(columns=["arch"]).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    if fidelity:
+        print(f"proxy fidelity on {fidelity.benchmark} ({fidelity.models} models): Kendall tau "
+              f"{fidelity.kendall_tau:.3f}, Spearman rho {fidelity.spearman_rho:.3f}")
+    else:
+        print("proxy fidelity: fewer than 3 models with both a search and a retrained score")
+    print(f"written: {csv_path} and {csv_path.with_suffix('.md')}")
+    return 0

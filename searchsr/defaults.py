@@ -1,0 +1,7 @@
+"""Defaults a user sees in ``--help`` and that the library uses too, importable without torch,
+Optuna or Ray (``searchsr --help`` stays fast)."""
+
+DEFAULT_STORAGE = "sqlite:///studies/searchsr.db"
+DEFAULT_STUDY = "searchsr"
+DEFAULT_SPACE = "mbv3_sr"  # a shipped space (searchsr/spaces/), so it works from any folder
+DEFAULT_TILE = 256  # LR tile side for evaluating and upscaling large images

@@ -1,0 +1,121 @@
+"""Ray plumbing shared by the search and retraining: a Ray session, the cost meter actor, and one
+progress display over Tune trials.
+
+* ``ray_session(address, verbose)`` joins ``address`` or starts a private local Ray (never
+  silently a ``ray start`` cluster that happens to run on this machine), quietly unless
+  ``verbose``, and shuts down only what it started.
+* ``start_meter`` puts the driver's single ``CostMeter`` in an actor that runs one call at a time.
+* ``TrialProgress`` replaces Ray's reporter: a bar plus one line per finished trial, and a stopper
+  that ends the experiment after ``max_failures`` failed trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ray
+from ray import tune
+from tqdm import tqdm
+
+from searchsr.meter import CostMeter
+
+
+def start_ray(address: str | None, verbose: bool) -> bool:
+    """Join ``address`` or start a private local Ray, quietly unless ``verbose``; True if we started it."""
+    if not verbose:
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # failures get our own one-liners
+    if ray.is_initialized():
+        return False
+    # "local": without it Ray would silently join any cluster `ray start` left on this machine.
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=verbose)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, verbose: bool) -> Iterator[None]:
+    """Ray for the duration of a ``with`` block (shut down after it if this block started it)."""
+    started = start_ray(address, verbose)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def cluster_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def start_meter(threads: int, runs: int) -> Any:
+    """The driver's one ``CostMeter``, as an actor that runs one measurement at a time."""
+    return ray.remote(num_cpus=0, max_concurrency=1)(CostMeter).remote(threads, runs)
+
+
+class TrialProgress:
+    """A progress bar over ``total`` Tune trials, with the line ``describe_done(trial)`` or
+    ``describe_error(trial)`` printed as each one ends; ``callback`` and ``stopper`` go to Tune's
+    RunConfig."""
+
+    def __init__(self, total: int, unit: str, describe_done: Callable[[Any], str],
+                 describe_error: Callable[[Any], str], max_failures: int = 0) -> None:
+        self.bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
+        self.failures = 0
+        self.max_failures = max_failures
+        self.callback = _Callback(self, describe_done, describe_error)
+        self.stopper = _FailureStopper(self)
+
+    @property
+    def finished(self) -> int:
+        """Trials that ended, completed or failed."""
+        return self.bar.n
+
+    def too_many_failures(self) -> bool:
+        return bool(self.max_failures) and self.failures >= self.max_failures
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _Callback(tune.Callback):
+    def __init__(self, progress: TrialProgress, describe_done: Callable[[Any], str],
+                 describe_error: Callable[[Any], str]) -> None:
+        self.progress, self.describe_done, self.describe_error = progress, describe_done, describe_error
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks; the bar stays with the driver
+        return {}
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.progress.bar.write(self.describe_done(trial))
+        self.progress.bar.update()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.progress.failures += 1
+        self.progress.bar.write(self.describe_error(trial))
+        self.progress.bar.update()
+
+
+class _FailureStopper(tune.Stopper):
+    def __init__(self, progress: TrialProgress) -> None:
+        self.progress = progress
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return getattr(self, "progress", None) is not None and self.progress.too_many_failures()

@@ -1,0 +1,127 @@
+"""The Optuna-Ray bridge: Ray Tune asks the study for trials and the driver records their results.
+
+``make_searcher`` wraps Ray's ``OptunaSearch`` on our study. Design choices, each against a known
+pitfall:
+
+* Single writer. Workers never touch the storage (SQLite allows one writer; PostgreSQL
+  credentials stay on the driver). The searcher writes every metric, the arch, the run folder
+  and the host as user attributes, and the constraints, on the driver *before* ``tell``, because
+  Ray's OptunaSearch only passes the objective values and a finished Optuna trial refuses writes.
+* Heartbeats. A thread records an Optuna heartbeat for each trial this driver owns, so another
+  driver (or a rerun) can tell a live trial from one whose driver died (``searchsr.study``).
+* Ctrl-C. ``abandon_unfinished`` fails and re-queues the trials cut short at once, rather than
+  leaving them RUNNING until their heartbeat goes stale.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from searchsr import internals
+from searchsr.objectives import Constraint, Objective, set_constraints
+from searchsr.runs import failure_reason, trial_dir
+from searchsr.space import SearchSpace, sample_values
+from searchsr.study import requeue
+
+METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
+               "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
+INFO_KEYS = ("schedule", "host", "node_id", "device")
+
+
+def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, constraints: tuple[Constraint, ...],
+                 runs_root: Path) -> None:
+    """Every metric (objective or not), the arch, run folder and host, as user attributes."""
+    run_dir = trial_dir(runs_root, ot_trial.number)
+    ot_trial.set_user_attr("run_dir", str(run_dir))
+    if error or not result:
+        ot_trial.set_user_attr("fail_reason", failure_reason(run_dir)[:2000])
+        return
+    for key in (*METRIC_KEYS, *INFO_KEYS):
+        if key in result:
+            ot_trial.set_user_attr(key, result[key])
+    if "arch_json" in result:  # Tune flattens nested dicts in results, so the arch travels as JSON
+        ot_trial.set_user_attr("arch", json.loads(result["arch_json"]))
+    set_constraints(ot_trial, constraints, result)
+
+
+def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...],
+                  constraints: tuple[Constraint, ...], runs_root: Path, common: dict[str, Any]):
+    """Ray's OptunaSearch on our study, recording attributes and heartbeats on the driver. Each trial's
+    config is its sampled ``arch``, its ``number`` in the study and ``common`` (what every trial needs)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    def define_by_run(trial: optuna.Trial) -> dict[str, Any]:
+        # Validated by the worker: a hand-enqueued invalid arch fails its trial, not the study.
+        return {"arch": sample_values(space, trial), "number": trial.number, **common}
+
+    class RecordingSearch(OptunaSearch):
+        # The study comes in as an argument and lives on the instance only, never in this class's
+        # closure: Tune cloudpickles the class along with the instance (see __getstate__).
+        def __init__(self, study: optuna.Study) -> None:
+            super().__init__(space=define_by_run, metric=[o.key for o in objectives],
+                             mode=["max" if o.direction == "maximize" else "min" for o in objectives],
+                             sampler=study.sampler, study_name=study.study_name,
+                             storage=internals.study_storage(study))
+            self.study = study
+            internals.searcher_use_study(self, study)
+            self._stop = threading.Event()
+            threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat").start()
+
+        def _unfinished(self) -> dict[str, optuna.Trial]:
+            done = internals.searcher_completed(self)
+            return {k: t for k, t in internals.searcher_trials(self).items() if k not in done}
+
+        def _beat(self) -> None:
+            storage = internals.study_storage(self.study)
+            while not self._stop.wait(storage.get_heartbeat_interval() / 2):
+                for ot_trial in list(self._unfinished().values()):
+                    storage.record_heartbeat(internals.trial_id(ot_trial))
+
+        def suggest(self, trial_id: str) -> dict | None:
+            config = super().suggest(trial_id)
+            ot_trial = internals.searcher_trials(self).get(trial_id)
+            if ot_trial is not None:
+                internals.study_storage(self.study).record_heartbeat(internals.trial_id(ot_trial))
+            return config
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot_trial = internals.searcher_trials(self).get(trial_id)
+            if ot_trial is not None and trial_id not in internals.searcher_completed(self):
+                record_trial(ot_trial, result, error, constraints, runs_root)
+            super().on_trial_complete(trial_id, result=result if not error else None, error=error)
+
+        def abandon_unfinished(self, reason: str) -> int:
+            """Trials cut short (Ctrl-C): FAIL with ``reason`` and re-queued now, not after --stale-after."""
+            cut = self._unfinished()
+            storage = internals.study_storage(self.study)
+            for trial_id, ot_trial in cut.items():
+                ot_trial.set_user_attr("fail_reason", reason)
+                self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                internals.searcher_completed(self).add(trial_id)
+                requeue(self.study, storage.get_trial(internals.trial_id(ot_trial)))
+            return len(cut)
+
+        def close(self) -> None:
+            self._stop.set()
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the Optuna storage is the state (resume = rerun the command)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See ``save``."""
+
+        def __getstate__(self) -> dict[str, Any]:
+            """Tune pickles its searcher into ``tuner.pkl`` (for ``Tuner.restore``, which resuming here does
+            not use): leave out the thread's event and all that holds the storage, whose URL has the password."""
+            left_out = ("_stop", "study", *internals.SEARCHER_STATE)
+            return {k: v for k, v in self.__dict__.items() if k not in left_out}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state, _stop=threading.Event())
+
+    return RecordingSearch(study)

@@ -1,0 +1,42 @@
+"""Where trials keep their files: one run-folder layout for search and retrain.
+
+    <runs-dir>/<study>/trial_00012/     the search's trial 12 (a ``searchsr train`` run folder)
+    <retrain --out>/trial_00012/        the same architecture retrained
+    <retrain --out>/lite/               a paper baseline retrained
+
+A run folder holds what ``searchsr.train`` writes (the file names below) and, when the trial
+failed in its worker, ``failure.txt`` with the reason (the driver, which records
+the trial, reads it: the worker never touches the study's storage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG_FILE = "config.json"  # what the run is (searchsr.train); resume checks it
+METRICS_FILE = "metrics.csv"  # loss, lr and validation scores over steps
+CHECKPOINT_FILE = "checkpoint.safetensors"  # the latest resumable state
+WEIGHTS_FILE = "weights.safetensors"  # the trained network, written last by a finished run
+RESULT_FILE = "result.json"  # the final scores, written last by a finished run
+FAILURE_FILE = "failure.txt"
+WORKER_DIED = "worker died (no reason recorded)"
+
+
+def trial_name(number: int) -> str:
+    return f"trial_{number:05d}"
+
+
+def trial_dir(root: str | Path, number: int) -> Path:
+    return Path(root) / trial_name(number)
+
+
+def record_failure(run_dir: Path, err: BaseException) -> None:
+    """Called by the worker as a trial fails: the reason the driver will record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FAILURE_FILE).write_text(f"{type(err).__name__}: {err}\n")
+
+
+def failure_reason(run_dir: Path) -> str:
+    """The recorded reason of a failed trial, or that its worker died before recording one."""
+    path = run_dir / FAILURE_FILE
+    return path.read_text().strip() if path.is_file() else WORKER_DIED
