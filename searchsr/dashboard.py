@@ -47,7 +47,6 @@ from searchsr.internals import FrozenStudy
 from searchsr.objectives import OBJECTIVES
 from searchsr.storage import check_sqlite_file, mask_url
 
-METRIC_NAMES_ATTR = "study:metric_names"  # optuna.study.study._SYSTEM_ATTR_METRIC_NAMES
 READ_TIMEOUT_S = 10  # how long a dashboard read waits for a writer's commit to finish
 
 
@@ -97,7 +96,8 @@ class ReadOnlyStorage(RDBStorage):
 
     def _with_names(self, study_id: int, attrs: dict[str, Any]) -> dict[str, Any]:
         names = self.extra_names.get(study_id)
-        return {**attrs, METRIC_NAMES_ATTR: names} if names and not attrs.get(METRIC_NAMES_ATTR) else attrs
+        key = internals.METRIC_NAMES_ATTR
+        return {**attrs, key: names} if names and not attrs.get(key) else attrs
 
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
         return self._with_names(study_id, super().get_study_system_attrs(study_id))
@@ -138,7 +138,7 @@ def name_objectives(url: str, storage: ReadOnlyStorage, studies: list[FrozenStud
     storage takes a write (one short transaction); returns messages for the user."""
     messages, writable = [], None
     for study in studies:
-        if study.system_attrs.get(METRIC_NAMES_ATTR):
+        if study.system_attrs.get(internals.METRIC_NAMES_ATTR):
             continue
         names = infer_metric_names(study.directions, storage.get_all_trials(internals.study_id(study), deepcopy=False))
         if names is None:

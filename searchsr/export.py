@@ -45,7 +45,7 @@ from searchsr.config import ArchConfig
 from searchsr.deploy import Clamped, TiledGraph, deployable, se_input_means
 from searchsr.errors import UsageError, VerificationError, first_line
 from searchsr.evaluate import context_radius, tiles
-from searchsr.files import check_new_or_empty_dir, umask
+from searchsr.files import check_new_or_empty_dir, read_json, umask
 from searchsr.runs import CONFIG_FILE, RESULT_FILE
 
 FORMATS = ("yaml", "safetensors", "onnx", "torchscript")
@@ -54,13 +54,6 @@ VERIFY_TILE = 48  # LR pixels: the verification photos span several tiles
 
 
 # --------------------------------------------------------------------------- the run to export
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path}: not readable JSON ({first_line(err)})") from None
 
 
 def load_run(run_dir: str | Path) -> tuple[ArchConfig, MobileSR, dict[str, Any]]:
@@ -76,7 +69,7 @@ def load_run(run_dir: str | Path) -> tuple[ArchConfig, MobileSR, dict[str, Any]]
         raise UsageError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise UsageError(f"{run_dir}: no {WEIGHTS_FILE}: training has not finished (resume it with --resume)")
-    config = _read_json(run_dir / CONFIG_FILE)
+    config = read_json(run_dir / CONFIG_FILE)
     if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
         raise UsageError(f"{run_dir / CONFIG_FILE}: no 'arch' mapping")
     try:
@@ -91,8 +84,8 @@ def run_provenance(run_dir: str | Path, config: dict[str, Any] | None = None) ->
     """What a model card records about a training run: schedule, data, seed, command, metrics."""
     run_dir = Path(run_dir)
     if config is None:
-        config = _read_json(run_dir / CONFIG_FILE)
-    result = _read_json(run_dir / RESULT_FILE) if (run_dir / RESULT_FILE).is_file() else None
+        config = read_json(run_dir / CONFIG_FILE)
+    result = read_json(run_dir / RESULT_FILE) if (run_dir / RESULT_FILE).is_file() else None
     metrics = None
     if isinstance(result, dict):
         def scores(part: Any) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
-if TYPE_CHECKING:  # annotations only: searchsr.report imports this module
+if TYPE_CHECKING:  # annotations only (the data this module draws)
     from searchsr.report import ReportData, TrialRow
 
 # objective -> (axis title, display factor); values stay raw in ReportData

@@ -13,13 +13,22 @@ Every refusal is a one-line ``UsageError`` naming the path (or the caller's ``la
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from searchsr.errors import UsageError
+from searchsr.errors import UsageError, first_line
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file searchsr wrote (a run's config, result or card); unreadable or damaged is one line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: not readable JSON ({first_line(err)})") from None
 
 
 def umask() -> int:

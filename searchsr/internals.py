@@ -23,6 +23,15 @@ from optuna._hypervolume import compute_hypervolume  # noqa: E402,F401  (re-expo
 from optuna.study._frozen import FrozenStudy  # noqa: E402,F401  (re-exported)
 
 
+METRIC_NAMES_ATTR = "study:metric_names"
+"""The study system attribute holding ``set_metric_names`` (``optuna.study.study._SYSTEM_ATTR_METRIC_NAMES``):
+the read-only dashboard storage supplies inferred names under it for studies that have none."""
+
+FIXED_PARAMS_ATTR = "fixed_params"
+"""The trial system attribute holding an enqueued trial's parameters until it runs: a preset queued
+but not yet run must not be queued again."""
+
+
 def study_storage(study: Study) -> RDBStorage:
     """The storage a study was loaded from: Optuna keeps it private, Ray's OptunaSearch needs it passed."""
     return study._storage

@@ -14,15 +14,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 import ray
 from ray import tune
 from tqdm import tqdm
 
+from searchsr.errors import UsageError, first_line
 from searchsr.meter import CostMeter
+
+
+ADDRESS = re.compile(r"(ray://)?[\w.-]+:\d{1,5}")
+
+
+def check_address(address: str | None) -> None:
+    """``--address`` is host:port (or ray://host:port, auto, local): checked before anything is written."""
+    if address and address not in ("auto", "local") and not ADDRESS.fullmatch(address):
+        raise UsageError(f"--address must be HOST:PORT of a Ray head (e.g. 10.0.0.1:6379), got {address!r}")
 
 
 def start_ray(address: str | None, verbose: bool) -> bool:
@@ -35,8 +46,11 @@ def start_ray(address: str | None, verbose: bool) -> bool:
     if ray.is_initialized():
         return False
     # "local": without it Ray would silently join any cluster `ray start` left on this machine.
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
-             logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=verbose)
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=verbose)
+    except ValueError as err:  # a malformed --address / $RAY_ADDRESS
+        raise UsageError(f"--address {address}: {first_line(err)}") from None
     return True
 
 
@@ -70,8 +84,9 @@ class TrialProgress:
     RunConfig."""
 
     def __init__(self, total: int, unit: str, describe_done: Callable[[Any], str],
-                 describe_error: Callable[[Any], str], max_failures: int = 0) -> None:
+                 describe_error: Callable[[Any], str], max_failures: int = 0, lines: TextIO = sys.stdout) -> None:
         self.bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr)
+        self.lines = lines  # where the per-trial lines go (the bar is on stderr)
         self.failures = 0
         self.max_failures = max_failures
         self.callback = _Callback(self, describe_done, describe_error)
@@ -98,12 +113,12 @@ class _Callback(tune.Callback):
         return {}
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.progress.bar.write(self.describe_done(trial))
+        self.progress.bar.write(self.describe_done(trial), file=self.progress.lines)
         self.progress.bar.update()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.progress.failures += 1
-        self.progress.bar.write(self.describe_error(trial))
+        self.progress.bar.write(self.describe_error(trial), file=self.progress.lines)
         self.progress.bar.update()
 
 

@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from scipy import stats
 from searchsr.arch import build_model
 from searchsr.config import PRESETS, ArchConfig
 from searchsr.errors import RetrainFailed, UsageError
-from searchsr.runs import trial_name
+from searchsr.runs import existing_trial_dir, for_workers, ray_dir, trial_name
 from searchsr.schedule import Schedule
 
 
@@ -235,21 +235,22 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
 
     from searchsr.data import check_patch_size, load_folder, load_images
     from searchsr.evaluate import check_scorable
-    from searchsr.files import writable_ancestor
+    from searchsr.files import check_writable_dir
     from searchsr.runs import RESULT_FILE
-    from searchsr.raysession import TrialProgress, cluster_cpus, cluster_gpus, ray_session, start_meter
-    from searchsr.schedule import load_schedule
+    from searchsr.raysession import (TrialProgress, check_address, cluster_cpus, cluster_gpus, ray_session,
+                                     start_meter)
+    from searchsr.schedule import load_schedule, schedule_for_workers
     from searchsr.storage import load_study, open_storage
 
-    if settings.out.exists() and not settings.out.is_dir():
-        raise UsageError(f"--out {settings.out}: exists and is not a folder")
     if settings.cpus_per_trial < 1:
         raise UsageError(f"--cpus-per-trial must be >= 1, got {settings.cpus_per_trial}")
     if settings.gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, got {settings.gpus_per_trial}")
-    writable_ancestor(settings.out, settings.out)
+    check_writable_dir(settings.out, label=f"--out {settings.out}")
+    check_address(settings.address)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
-    jobs = select_jobs(study, settings.trials, settings.front, settings.baselines)
+    jobs = [replace(job, name=existing_trial_dir(settings.out, job.trial).name) if job.name == trial_name(job.trial)
+            else job for job in select_jobs(study, settings.trials, settings.front, settings.baselines)]
     schedule = load_schedule(settings.schedule)
     for scale in sorted({job.arch.scale for job in jobs}):  # what every Ray trial will do, checked up front
         check_patch_size(load_images(settings.train_dir, "train", scale), schedule.patch_size)
@@ -268,21 +269,21 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
             say(f"retraining {len(pending)} of {len(jobs)} network(s) with schedule {schedule.name} on CPU, "
                 f"{concurrency} at a time: estimated {eta / 3600:.1f} h ({eta:.0f} s) before evaluation")
         meter = start_meter(1, settings.latency_runs)
-        config = {"out": str(settings.out.resolve()), "schedule": _for_workers_schedule(settings.schedule),
-                  "train_dir": _absolute(settings.train_dir), "val_dir": _absolute(settings.val_dir),
-                  "bench": [str(Path(b).resolve()) for b in settings.bench],
+        config = {"out": for_workers(settings.out), "schedule": schedule_for_workers(settings.schedule),
+                  "train_dir": for_workers(settings.train_dir), "val_dir": for_workers(settings.val_dir),
+                  "bench": [for_workers(b) for b in settings.bench],
                   "seed": settings.seed, "cpus_per_trial": settings.cpus_per_trial,
                   "name": tune.grid_search([j.name for j in longest_first(jobs)])}
         arch_by_name = {j.name: j.arch.to_dict() for j in jobs}
         trainable = tune.with_resources(
             tune.with_parameters(_with_arch, meter=meter, arch_by_name=arch_by_name),
             {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial})
-        progress = TrialProgress(len(jobs), "network", _describe_done, _describe_error)
+        progress = TrialProgress(len(jobs), "network", _describe_done, _describe_error, lines=sys.stderr)
         tuner = tune.Tuner(trainable, param_space=config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
                            run_config=tune.RunConfig(name=f"retrain-{int(time.time())}", verbose=0,
                                                      callbacks=[progress.callback],
-                                                     storage_path=str((settings.out / "ray").resolve())))
+                                                     storage_path=str(ray_dir(settings.out))))
         try:
             grid = tuner.fit()
         finally:
@@ -302,17 +303,6 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     csv_path, _ = write_outputs(table, fidelity, settings.out)
     write_back(study, table, csv_path)
     return table, fidelity, csv_path
-
-
-def _absolute(path: str | None) -> str | None:
-    """Ray workers run in their own working directories: hand them absolute paths."""
-    return None if path is None else str(Path(path).resolve())
-
-
-def _for_workers_schedule(spec: str) -> str:
-    from searchsr.schedule import shipped_schedules
-
-    return spec if spec in shipped_schedules() else str(Path(spec).resolve())
 
 
 def _describe_done(trial: Any) -> str:

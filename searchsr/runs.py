@@ -30,6 +30,23 @@ def trial_dir(root: str | Path, number: int) -> Path:
     return Path(root) / trial_name(number)
 
 
+def existing_trial_dir(root: str | Path, number: int) -> Path:
+    """``trial_dir``, unless only a folder of the layout retrain used before this one (``trial_12``)
+    exists there: an older retrain's weights are found, and its resume goes on in place."""
+    current, legacy = trial_dir(root, number), Path(root) / f"trial_{number}"
+    return legacy if legacy.is_dir() and not current.exists() else current
+
+
+def ray_dir(root: str | Path) -> Path:
+    """Where Ray Tune keeps its experiment state for runs under ``root`` (not needed to resume)."""
+    return (Path(root) / "ray").resolve()
+
+
+def for_workers(path: str | Path | None) -> str | None:
+    """A user's path as Ray workers need it: absolute (they run in their own working directories)."""
+    return None if path is None else str(Path(path).resolve())
+
+
 def record_failure(run_dir: Path, err: BaseException) -> None:
     """Called by the worker as a trial fails: the reason the driver will record."""
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,11 @@ def _check(key: str, value: Any, ok: bool, rule: str) -> None:
         raise UsageError(f"key {key!r} must be {rule}, got {value!r}")
 
 
+def schedule_for_workers(spec: str) -> str:
+    """``spec`` as a Ray worker must see it: a shipped name as is, a file as an absolute path."""
+    return spec if spec in shipped_schedules() else str(Path(spec).resolve())
+
+
 def load_schedule(spec: str) -> Schedule:
     """A shipped schedule name (``smoke``, ``short``, ``full``) or a YAML file."""
     path = SCHEDULE_DIR / f"{spec}.yaml" if spec in shipped_schedules() else Path(spec)

@@ -46,7 +46,7 @@ class SearchSettings:
     train_dir: str | None = None
     val_dir: str | None = None
     runs_dir: str | Path = "studies/runs"
-    enqueue: tuple[str, ...] = ("xlite",)
+    enqueue: tuple[str, ...] = ()  # paper presets to queue (the CLI's default: xlite)
     cpus_per_trial: int = 1
     gpus_per_trial: float = 0
     concurrency: int = 0  # 0: as many as the CPUs allow
@@ -68,7 +68,8 @@ class SearchSettings:
 
     def check(self) -> None:
         """Every argument, folder, image and preset, checked up front: UsageError, nothing written."""
-        from searchsr.files import writable_ancestor
+        from searchsr.files import check_writable_dir
+        from searchsr.raysession import check_address
         from searchsr.schedule import load_schedule
         from searchsr.study import SAMPLERS, preset_params
 
@@ -77,13 +78,13 @@ class SearchSettings:
         for name, value, low in (("--trials", self.trials, 1), ("--cpus-per-trial", self.cpus_per_trial, 1),
                                  ("--concurrency", self.concurrency, 0), ("--seed", self.seed, 0),
                                  ("--max-failures", self.max_failures, 0), ("--stale-after", self.stale_after, 2),
-                                 ("--latency-runs", self.latency_runs, 1), ("--gpus-per-trial", self.gpus_per_trial, 0)):
+                                 ("--latency-runs", self.latency_runs, 1),
+                                 ("--gpus-per-trial", self.gpus_per_trial, 0)):
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
         check_study_name(self.study)
-        if self.runs_root.exists() and not self.runs_root.is_dir():
-            raise UsageError(f"--runs-dir: {self.runs_root} exists and is not a folder")
-        writable_ancestor(self.runs_root, self.runs_root)
+        check_address(self.address)
+        check_writable_dir(self.runs_root, label=f"--runs-dir: {self.runs_root}")
         schedule = load_schedule(self.schedule)
         check_images(self.train_dir, self.val_dir, space_scales(self.space), schedule.patch_size)
         preset_params(self.space, self.enqueue)
@@ -91,12 +92,12 @@ class SearchSettings:
     def worker_config(self) -> dict[str, Any]:
         """What every trial's worker needs besides its arch; absolute paths, since Ray workers run in
         their own working directories."""
-        from searchsr.schedule import shipped_schedules
+        from searchsr.runs import for_workers
+        from searchsr.schedule import schedule_for_workers
 
-        absolute = (lambda p: None if p is None else str(Path(p).resolve()))
-        return {"schedule": self.schedule if self.schedule in shipped_schedules() else absolute(self.schedule),
-                "train_dir": absolute(self.train_dir), "val_dir": absolute(self.val_dir),
-                "runs_root": absolute(self.runs_root), "seed": self.seed, "cpus_per_trial": self.cpus_per_trial}
+        return {"schedule": schedule_for_workers(self.schedule), "train_dir": for_workers(self.train_dir),
+                "val_dir": for_workers(self.val_dir), "runs_root": for_workers(self.runs_root), "seed": self.seed,
+                "cpus_per_trial": self.cpus_per_trial}
 
 
 def plan_concurrency(requested: int, cpus: int, cpus_per_trial: int) -> tuple[int, str | None]:
@@ -162,6 +163,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
 
     from searchsr.raysession import TrialProgress, cluster_cpus, ray_session, start_meter
     from searchsr.recording import make_searcher
+    from searchsr.runs import ray_dir
     from searchsr.study import enqueue_presets, prepare_study
     from searchsr.trial import run_trial
 
@@ -192,7 +194,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
                                         num_samples=settings.trials, reuse_actors=False),
             run_config=tune.RunConfig(name=f"{settings.study}-{int(time.time())}-{os.getpid()}",
-                                      storage_path=str((settings.runs_root / "ray").resolve()),
+                                      storage_path=str(ray_dir(settings.runs_root)),
                                       verbose=2 if settings.verbose else 0, callbacks=[progress.callback],
                                       stop=progress.stopper,
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))

@@ -16,7 +16,7 @@ exist only while every named param (a choices or fixed param declared *above* it
 are no cycles) has that value; otherwise the trial does not suggest it and ArchConfig's
 default is used (also by conditions further down), which keeps inactive knobs out of the
 sampler's history. The file is checked completely on load: every error is a one-line
-ValueError naming the file and the key, so a bad space is rejected before a study is touched.
+UsageError naming the file and the key, so a bad space is rejected before a study is touched.
 
 Enqueueing a known network (``study.enqueue_trial(to_params(space, cfg))``): Optuna 5.0
 returns an enqueued int/float value as is, with a UserWarning, even when it lies outside

@@ -29,7 +29,7 @@ from searchsr import internals
 from searchsr.config import PRESETS
 from searchsr.errors import UsageError
 from searchsr.objectives import Objective
-from searchsr.runs import WEIGHTS_FILE, trial_dir
+from searchsr.runs import WEIGHTS_FILE, existing_trial_dir
 from searchsr.space import SearchSpace, to_params
 from searchsr.storage import load_study, study_names
 
@@ -61,8 +61,10 @@ def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, .
     offset = 0
     if name in study_names(storage):
         study = load_study(name, storage)
-        if study.metric_names and list(study.metric_names) != names:
-            raise UsageError(f"study {name!r} optimises {','.join(study.metric_names)}, not {','.join(names)}: "
+        have = [d.name.lower() for d in study.directions]
+        if study.metric_names and list(study.metric_names) != names or have != directions:
+            shown = ",".join(study.metric_names or [f"{len(have)} unnamed objective(s): {' '.join(have)}"])
+            raise UsageError(f"study {name!r} optimises {shown}, not {','.join(names)}: "
                              f"use another --study or the same --objectives")
         offset = len(study.trials)
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
@@ -128,7 +130,7 @@ def enqueue_presets(study: optuna.Study, space: SearchSpace, names: list[str] | 
     trials = study.get_trials(deepcopy=False)
     queued = []
     for name, params in preset_params(space, names).items():
-        if any(params in (t.params, t.system_attrs.get("fixed_params")) for t in trials):
+        if any(params in (t.params, t.system_attrs.get(internals.FIXED_PARAMS_ATTR)) for t in trials):
             continue  # queued before claims were recorded
         if internals.claim_study_key(study, f"searchsr:preset:{name}"):
             study.enqueue_trial(params, user_attrs={"preset": name})
@@ -145,6 +147,6 @@ def trial_run_dir(study: optuna.Study, number: int) -> Path:
     if trial.state != TrialState.COMPLETE or "run_dir" not in trial.user_attrs:
         raise UsageError(f"trial {number} is {trial.state.name}: only completed trials have trained weights")
     retrained = study.user_attrs.get("retrain_out")
-    if retrained and (trial_dir(retrained, number) / WEIGHTS_FILE).is_file():
-        return trial_dir(retrained, number)
+    if retrained and (existing_trial_dir(retrained, number) / WEIGHTS_FILE).is_file():
+        return existing_trial_dir(retrained, number)
     return Path(trial.user_attrs["run_dir"])

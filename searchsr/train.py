@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save, save_file
 from torch import nn
 from tqdm import tqdm
@@ -45,9 +46,9 @@ from searchsr.config import ArchConfig
 from searchsr.cost import count_cost
 from searchsr.data import ImageSet, PatchDataset, patch_loader
 from searchsr.defaults import DEFAULT_TILE
-from searchsr.errors import DivergedError, UsageError
+from searchsr.errors import DivergedError, UsageError, first_line
 from searchsr.evaluate import EvalResult, bicubic_upscaler, check_scorable, evaluate, model_upscaler
-from searchsr.files import atomic_write, check_new_or_empty_dir
+from searchsr.files import atomic_write, check_new_or_empty_dir, read_json
 from searchsr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, WEIGHTS_FILE
 from searchsr.schedule import Schedule
 
@@ -119,7 +120,10 @@ def _prepare_run_dir(out_dir: Path, config: dict[str, Any], resume: bool) -> Non
         raise UsageError(f"{out_dir}: nothing to resume (no {CONFIG_FILE})")
     if (out_dir / RESULT_FILE).exists():
         raise UsageError(f"{out_dir}: the run already finished ({RESULT_FILE} exists)")
-    saved = _flatten(json.loads((out_dir / CONFIG_FILE).read_text()))
+    saved = read_json(out_dir / CONFIG_FILE)
+    if not isinstance(saved, dict):
+        raise UsageError(f"{out_dir / CONFIG_FILE}: not a run's config")
+    saved = _flatten(saved)
     wanted = _flatten(json.loads(json.dumps(config)))  # tuples become lists, as in the saved copy
     for key in sorted(saved.keys() | wanted.keys()):
         if not key.startswith("command.") and saved.get(key) != wanted.get(key):
@@ -174,9 +178,12 @@ def save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.op
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> int:
     """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
-    tensors = load_file(path)
-    with safe_open(path, "pt") as f:
-        meta = json.loads(f.metadata()["state"])
+    try:
+        tensors = load_file(path)
+        with safe_open(path, "pt") as f:
+            meta = json.loads(f.metadata()["state"])
+    except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as err:
+        raise UsageError(f"{path}: damaged checkpoint ({first_line(err)}); start a new run") from None
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -196,7 +203,10 @@ def load_trained(run_dir: str | Path) -> tuple[ArchConfig, MobileSR]:
         raise UsageError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise UsageError(f"{run_dir}: no {WEIGHTS_FILE}: training has not finished (resume it with --resume)")
-    cfg = ArchConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text())["arch"])
+    config = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
+        raise UsageError(f"{run_dir / CONFIG_FILE}: no 'arch' mapping: not a run's config")
+    cfg = ArchConfig.from_dict(config["arch"])
     model = build_model(cfg)
     model.load_state_dict(load_file(run_dir / WEIGHTS_FILE))
     return cfg, model.eval()

@@ -47,3 +47,47 @@ def test_latency_measurement_reports_progress() -> None:
     ticks = []
     measure_latency([build_model(ArchConfig(nf=8, n_blocks=1))], (16, 16), runs=4, on_run=lambda: ticks.append(1))
     assert len(ticks) == WARMUP_RUNS + 4
+
+
+def test_damaged_run_files_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_bytes(b"\xff{not json")
+    (run / "weights.safetensors").write_bytes(b"")
+    assert main(["eval", "--checkpoint", str(run), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json: not readable JSON" in err, err
+    assert main(["train", "--set", "nf=8", "--set", "n_blocks=1", "--schedule", "smoke", "--out", str(run),
+                 "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not readable JSON" in err, err
+
+
+def test_a_study_with_other_unnamed_objectives_is_refused(tmp_path: Path) -> None:
+    import optuna
+
+    from searchsr.objectives import parse_objectives
+    from searchsr.storage import open_storage
+    from searchsr.study import prepare_study
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    optuna.create_study(study_name="old", storage=storage, directions=["minimize", "minimize"])  # no metric names
+    with pytest.raises(ValueError, match="study 'old' optimises 2 unnamed objective"):
+        prepare_study("old", storage, parse_objectives("psnr,latency"), "random", 0, 2)
+
+
+def test_export_finds_weights_retrained_under_the_old_folder_name(tmp_path: Path) -> None:
+    import optuna
+
+    from searchsr.study import trial_run_dir
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[30.0, 5.0], user_attrs={"run_dir": str(tmp_path / "search")}))
+    study.set_user_attr("retrain_out", str(tmp_path / "retrained"))
+    assert trial_run_dir(study, 0) == tmp_path / "search"
+    (tmp_path / "retrained" / "trial_0").mkdir(parents=True)  # retrain's folder name before trial_00000
+    (tmp_path / "retrained" / "trial_0" / "weights.safetensors").write_bytes(b"")
+    assert trial_run_dir(study, 0) == tmp_path / "retrained" / "trial_0"
+    (tmp_path / "retrained" / "trial_00000").mkdir()
+    (tmp_path / "retrained" / "trial_00000" / "weights.safetensors").write_bytes(b"")
+    assert trial_run_dir(study, 0) == tmp_path / "retrained" / "trial_00000"

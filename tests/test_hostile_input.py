@@ -186,6 +186,8 @@ CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("profile-huge-arch", ["profile", "--set", "nf=4000", "--set", "n_blocks=1000"], ("nf=4000, N=1000", "GiB")),
     ("front-storage-plain-path", ["front", "--storage", "{w}/s.db"], ("not an SQLAlchemy URL", "sqlite:///")),
     ("run-storage-missing-folders", _run("--storage", "sqlite:///{w}/nodir/deeper/x.db"), ("does not exist",)),
+    ("run-address-without-port", _run("--address", "10.0.0.1"), ("--address must be HOST:PORT", "'10.0.0.1'")),
+    ("retrain-address-garbage", _retrain("--address", "not an address"), ("--address must be",)),
     ("retrain-schedule-typo", _retrain("--schedule", "smok"), ("unknown schedule 'smok'", "short, smoke")),
     ("front-unknown-study", ["front", "--storage", DB, "--study", "nope"], ("no study named 'nope'", "studies: ")),
     ("report-unknown-study", ["report", "--storage", DB, "--study", "nope", "--out", "{w}/r.html"],

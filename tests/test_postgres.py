@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from searchsr.objectives import parse_objectives
 from searchsr.space import load_space
+from searchsr import internals
 from searchsr.storage import load_study, open_storage
 from searchsr.study import enqueue_presets, prepare_study
 
@@ -135,7 +136,7 @@ def test_a_second_driver_leaves_live_trials_alone(fresh_url: str) -> None:
     """Starting a driver fails only trials whose heartbeat stopped, never another live driver's."""
     first = prepare_study("live", open_storage(fresh_url), OBJECTIVES, "random", 0, 2)
     trial = first.ask()
-    first._storage.record_heartbeat(trial._trial_id)
+    internals.study_storage(first).record_heartbeat(internals.trial_id(trial))
     second = prepare_study("live", open_storage(fresh_url), OBJECTIVES, "random", 0, 2)
     assert [t.state for t in second.get_trials(deepcopy=False)] == [TrialState.RUNNING]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+from pathlib import Path
 
 from searchsr.cli import options
 
@@ -52,7 +54,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     from searchsr.train import resolve_device
 
     def show(name: str, r: LatencyBench) -> None:
-        print(f"{name}: median {sorted(r.medians_ms)[len(r.medians_ms) // 2]:.2f} ms over {args.repeats}x{args.runs} "
+        print(f"{name}: median {statistics.median(r.medians_ms):.2f} ms over {args.repeats}x{args.runs} "
               f"runs, CV of median {100 * r.cv_of_median:.2f}%, fused speed-up {r.fusion_speedup:.3f}x, "
               f"x{r.ratio_to_xlite:.3f} XLITE (CV {100 * r.cv_of_ratio:.2f}%)", flush=True)
 
@@ -81,10 +83,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from searchsr.bench import bench_train
+    from searchsr.data import list_images
 
     def show(name: str, variant: str, value: float) -> None:
         if variant == "eval_seconds":
-            print(f"{name} eval on {args.eval_data}: {value:.2f} s", flush=True)
+            print(f"{name} eval on {args.eval_data}: {value:.2f} s for {len(list_images(Path(args.eval_data)))} "
+                  "images", flush=True)
         else:
             print(f"{name} {variant}: {value:.3f} steps/s (batch {args.batch}, {args.patch}x{args.patch} LR, "
                   f"{torch.get_num_threads()} threads)", flush=True)

@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: full)")
     p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
     p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
-    p.add_argument("--bench", action="append", metavar="DIR", help="benchmark folder scored after training (repeatable)")
+    p.add_argument("--bench", action="append", metavar="DIR",
+                   help="benchmark folder scored after training (repeatable)")
     p.add_argument("--out", required=True, help="output folder (run folders, comparison.csv/.md)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per network (default: 1 where there are GPUs)")

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--checkpoint", metavar="RUN", help="a finished run folder written by `searchsr train`")
     which.add_argument("--study", metavar="NAME", help="a search study (with --trial)")
     p.add_argument("--trial", type=int, metavar="K", help="trial number in --study")
-    p.add_argument("--storage", help=f"SQLAlchemy URL of the study's storage (with --study; default: {DEFAULT_STORAGE})")
+    p.add_argument("--storage",
+                   help=f"SQLAlchemy URL of the study's storage (with --study; default: {DEFAULT_STORAGE})")
     p.add_argument("--out", required=True, help="output folder; must be new or empty")
     p.add_argument("--format", default="yaml,safetensors,onnx,torchscript",
                    help="comma-separated subset of yaml,safetensors,onnx,torchscript (default: all)")
