@@ -1,7 +1,8 @@
 """Benchmarks behind ``searchsr bench``: each returns small dataclasses (the CLI prints them).
 
 * ``bench_latency``: how stable a latency measurement is (CV of the median over repeated
-  measurements), the BN-fusion speed-up, and the ratio to XLITE timed alongside.
+  measurements), the BN-fusion speed-up, and the ratio to XLITE timed alongside (the search's
+  ``stable_ratio``, with its 95% interval, against one round's ratio).
 * ``bench_concurrency``: one architecture timed in every trial of a concurrent search: how much
   does the search's latency vary under load?
 * ``bench_train``: training steps/s per variant (eager, channels_last, torch.compile) and eval time.
@@ -67,25 +68,32 @@ def time_train_steps(cfg: ArchConfig, batch: int, patch: int, steps: int, warmup
 @dataclass(frozen=True)
 class LatencyBench:
     """One architecture: ``repeats`` independent measurements of the BN-fused net, each interleaved
-    with the unfused net and XLITE."""
+    with the unfused net and XLITE (medians, fusion speed-up, single-round ratio), then the search's
+    ratio to XLITE (``cost.stable_ratio``: rounds until its 95% interval is tight enough)."""
 
     medians_ms: list[float]
     cv_of_median: float
     fusion_speedup: float
-    ratio_to_xlite: float
-    cv_of_ratio: float
+    ratio_to_xlite: float  # median over repeats of the stable ratio
+    cv_of_ratio: float  # CV over repeats of the stable ratio (the search's figure)
+    ratio_ci: list[tuple[float, float]]  # each repeat's 95% interval of its stable ratio
+    ratio_rounds: list[int]  # rounds each stable ratio took
+    ratio_converged: int  # repeats whose interval reached the asked half-width
+    cv_of_single_round_ratio: float  # CV over repeats of one round's median per-pair ratio (the old figure)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def bench_latency(archs: list[str], lr_size: tuple[int, int], repeats: int, runs: int, threads: int,
-                  device: str, on_result: Callable[[str, LatencyBench], None] | None = None
-                  ) -> dict[str, LatencyBench]:
+                  device: str, on_result: Callable[[str, LatencyBench], None] | None = None,
+                  rel_half_width: float = 0.02, max_rounds: int = 6) -> dict[str, LatencyBench]:
     from searchsr.arch import build_model
-    from searchsr.cost import measure_latency, prepare_for_timing
+    from searchsr.cost import measure_latency, pair_ratios, prepare_for_timing, stable_ratio
 
-    _at_least(repeats=(repeats, 1), runs=(runs, 1), threads=(threads, 1))
+    _at_least(repeats=(repeats, 1), runs=(runs, 1), threads=(threads, 1), max_rounds=(max_rounds, 1))
+    if not 0 < rel_half_width < 1:
+        raise UsageError(f"--rel-half-width must be in (0, 1), got {rel_half_width}")
     if not archs:
         raise UsageError("--archs: give at least one preset or config file")
     models = {name: build_model(load_arch(name)) for name in archs}
@@ -93,15 +101,19 @@ def bench_latency(archs: list[str], lr_size: tuple[int, int], repeats: int, runs
     report = {}
     for name, model in models.items():
         fused, unfused = prepare_for_timing(model), model.eval()
-        medians, speedups, ratios = [], [], []
+        medians, speedups, single, stable = [], [], [], []
         for _ in range(repeats):
             f, u, ref = measure_latency([fused, unfused, reference], lr_size, runs=runs, threads=threads,
                                         device=device)
             medians.append(f.median_ms)
             speedups.append(u.median_ms / f.median_ms)
-            ratios.append(f.median_ms / ref.median_ms)
+            single.append(statistics.median(pair_ratios(f, ref)))
+            stable.append(stable_ratio(fused, reference, lr_size=lr_size, runs=runs, threads=threads,
+                                       rel_half_width=rel_half_width, max_rounds=max_rounds, device=device))
+        ratios = [e.ratio for e in stable]
         report[name] = LatencyBench(medians, _cv(medians), statistics.median(speedups), statistics.median(ratios),
-                                    _cv(ratios))
+                                    _cv(ratios), [(e.ci_low, e.ci_high) for e in stable], [e.rounds for e in stable],
+                                    sum(e.converged for e in stable), _cv(single))
         if on_result is not None:
             on_result(name, report[name])
     return report

@@ -3,8 +3,8 @@
 ``figures(data)`` lists them in page order, each with the question it answers: the Pareto
 front of every pair of objectives, PSNR against cost beside the paper's Table 2 family,
 parallel coordinates of the searched parameters, the hypervolume over trials and the
-parameter importances. Objective values stay raw in ``ReportData``; ``AXES`` scales them
-for display.
+parameter importances. Objective values stay raw in ``ReportData``; ``axes`` scales them
+for display and names the LR input size each was measured at (``ReportData.sizes``).
 """
 
 from __future__ import annotations
@@ -15,23 +15,26 @@ from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
+from searchsr.pareto import InputSizes
+
 if TYPE_CHECKING:  # annotations only (the data this module draws)
     from searchsr.report import ReportData, TrialRow
 
-# objective -> (axis title, display factor); values stay raw in ReportData
-AXES: dict[str, tuple[str, float]] = {
-    "psnr": ("PSNR-Y (dB, search proxy)", 1.0),
-    "ssim": ("SSIM-Y (search proxy)", 1.0),
-    "latency": ("latency (ms, BN-fused, CPU)", 1.0),
-    "flops": ("GFLOPs (256x256 LR)", 1e-9),
-    "params": ("parameters (K)", 1e-3),
-    "activations": ("activations (M, 256x256 LR)", 1e-6),
-    "memory": ("peak memory (MiB)", 2.0 ** -20),
-}
+def axes(sizes: InputSizes) -> dict[str, tuple[str, float]]:
+    """Objective -> (axis title, display factor), the titles naming the LR input size of each figure."""
+    return {
+        "psnr": ("PSNR-Y (dB, search proxy)", 1.0),
+        "ssim": ("SSIM-Y (search proxy)", 1.0),
+        "latency": (f"latency (ms at {sizes.latency} LR, BN-fused, CPU)", 1.0),
+        "flops": (f"GFLOPs ({sizes.cost} LR)", 1e-9),
+        "params": ("parameters (K)", 1e-3),
+        "activations": (f"activations (M, {sizes.cost} LR)", 1e-6),
+        "memory": (f"peak memory (MiB at {sizes.latency} LR)", 2.0 ** -20),
+    }
 
 
-def _axis(name: str) -> tuple[str, float]:
-    return AXES.get(name, (name, 1.0))
+def _axis(name: str, sizes: InputSizes) -> tuple[str, float]:
+    return axes(sizes).get(name, (name, 1.0))
 
 
 def _arch_text(row: TrialRow) -> str:
@@ -41,11 +44,12 @@ def _arch_text(row: TrialRow) -> str:
 
 
 def _hover(row: TrialRow) -> str:
-    m = row.metrics
+    m, sizes = row.metrics, InputSizes.of([row.metrics])
     lines = [f"trial {row.number}" + (f" (paper {row.preset.upper()})" if row.preset else ""), _arch_text(row)]
     lines += [f"{label} {_num(m.get(key), scale):.4g}{unit}" for key, label, scale, unit in (
-        ("psnr", "PSNR-Y", 1, " dB"), ("ssim", "SSIM-Y", 1, ""), ("latency_ms", "latency", 1, " ms"),
-        ("flops", "", 1e-9, " GFLOPs"), ("params", "", 1e-3, " K params")) if _num(m.get(key), scale) is not None]
+        ("psnr", "PSNR-Y", 1, " dB"), ("ssim", "SSIM-Y", 1, ""),
+        ("latency_ms", "latency", 1, f" ms at {sizes.latency} LR"), ("flops", "", 1e-9, f" GFLOPs at {sizes.cost} LR"),
+        ("params", "", 1e-3, " K params")) if _num(m.get(key), scale) is not None]
     lines += [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.retrain.items()]
     lines += [] if row.feasible else ["violates a constraint"]
     return "<br>".join(html.escape(line.strip()) for line in lines if line)
@@ -88,7 +92,7 @@ def pareto_figures(data: ReportData) -> list[tuple[str, str, Any]]:
     out = []
     for a, b in itertools.combinations(data.objectives, 2):
         xo, yo = (a, b) if a.direction == "minimize" or b.direction == "maximize" else (b, a)
-        (xt, xs), (yt, ys) = _axis(xo.name), _axis(yo.name)
+        (xt, xs), (yt, ys) = _axis(xo.name, data.sizes), _axis(yo.name, data.sizes)
         fig = go.Figure()
         for name, rows, marker in _groups(data.trials):
             kw: dict[str, Any] = {}
@@ -108,7 +112,7 @@ def pareto_figures(data: ReportData) -> list[tuple[str, str, Any]]:
 def family_figures(data: ReportData) -> list[tuple[str, str, Any]]:
     out = []
     for key, label, title, scale, family_x in (
-            ("flops", "FLOPs", "GFLOPs (256x256 LR)", 1e-9, lambda p: p.flops_g),
+            ("flops", "FLOPs", f"GFLOPs ({data.sizes.cost} LR)", 1e-9, lambda p: p.flops_g),
             ("params", "parameters", "parameters (K)", 1e-3, lambda p: p.params_k)):
         fig = go.Figure()
         for name, rows, marker in _groups(data.trials):
@@ -151,12 +155,13 @@ def parallel_figure(data: ReportData) -> Any | None:
             dims.append({"label": name, "values": [cats.index("n/a" if v is None else str(v)) for v in values],
                          "tickvals": list(range(len(cats))), "ticktext": cats})
     for o in data.objectives:
-        title, scale = _axis(o.name)
+        title, scale = _axis(o.name, data.sizes)
         dims.append({"label": title, "values": [r.values[o.name] * scale for r in rows]})
     color, label = [_num(r.metrics.get("psnr"), 1.0) for r in rows], "PSNR-Y (dB, search proxy)"
     if None in color:  # trials without a PSNR: colour by the first objective
         first = data.objectives[0]
-        color, label = [r.values[first.name] * _axis(first.name)[1] for r in rows], _axis(first.name)[0]
+        label, scale = _axis(first.name, data.sizes)
+        color = [r.values[first.name] * scale for r in rows]
     fig = go.Figure(go.Parcoords(dimensions=dims, line={"color": color, "colorscale": "Viridis", "showscale": True,
                                                         "colorbar": {"title": {"text": label}}}))
     fig.update_layout(title=f"searched parameters, coloured by {label}")

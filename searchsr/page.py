@@ -12,7 +12,7 @@ import plotly.io as pio
 from searchsr.errors import UsageError
 from searchsr.figures import figures
 from searchsr.files import atomic_write, writable_ancestor
-from searchsr.pareto import front_table
+from searchsr.pareto import front_sizes, front_table
 from searchsr.report import ReportData
 
 PAGE = """<!DOCTYPE html>
@@ -33,7 +33,7 @@ def render(data: ReportData) -> str:
     goals = ", ".join(f"{o.name} ({o.direction})" for o in data.objectives)
     summary = (f"storage {data.storage or '-'}; trials: {states or 'none'}; objectives {goals}; "
                f"{len(front.points)} on the front of {front.complete_trials} complete feasible; "
-               f"hypervolume {front.hypervolume:.6g}; generated {data.created}.")
+               f"hypervolume {front.hypervolume:.6g}; {data.sizes.describe()}; generated {data.created}.")
     parts = []
     for i, (key, title, what, fig) in enumerate(figures(data)):
         div = pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{key}",
@@ -46,7 +46,8 @@ def render(data: ReportData) -> str:
     parts.append(f"<h3>Importance notes</h3><ul>{notes}</ul>" if notes else "")
     table = front_table(front)
     if not table.empty:
-        parts.append("<h2>Front and the paper's networks</h2>"
+        parts.append(f"<h2>Front and the paper's networks</h2><p class='note'>"
+                     f"{html.escape(front_sizes(front).describe())}</p>"
                      + table.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
     if data.retrain is not None:
         parts.append(f"<h2>Retrain comparison</h2><p class='note'>full-schedule retraining, from "

@@ -10,6 +10,7 @@ and the figure can be recomputed from the study alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,34 @@ class Front:
     hypervolume: float
     reference_point: dict[str, float]
     complete_trials: int
+
+
+# The LR input sizes a search costs at (``searchsr.meter``); trials record theirs as ``latency_lr_size`` and
+# ``cost_lr_size``, and those recorded before they did were measured at these.
+LATENCY_LR_SIZE = "128x128"  # latency and peak memory
+COST_LR_SIZE = "256x256"  # FLOPs, MACs and activations (the paper's convention); params do not depend on it
+
+
+@dataclass(frozen=True)
+class InputSizes:
+    """The LR input sizes behind a set of trials' figures, as users read them (``128x128``)."""
+
+    latency: str  # latency and memory
+    cost: str  # FLOPs and activations
+
+    @classmethod
+    def of(cls, metrics: Iterable[Mapping]) -> InputSizes:
+        """The sizes recorded by these trials' metrics (older trials: the defaults); several joined by '/'."""
+        rows = list(metrics)
+        return cls(_joined(rows, "latency_lr_size", LATENCY_LR_SIZE), _joined(rows, "cost_lr_size", COST_LR_SIZE))
+
+    def describe(self) -> str:
+        return (f"latency and memory at {self.latency} LR, FLOPs and activations at {self.cost} LR "
+                "(params do not depend on the input size)")
+
+
+def _joined(rows: list[Mapping], key: str, default: str) -> str:
+    return "/".join(dict.fromkeys(str(m.get(key, default)) for m in rows)) or default
 
 
 def study_objectives(study: optuna.Study) -> tuple[Objective, ...]:
@@ -108,18 +137,25 @@ def front_rows(front: Front) -> list[FrontPoint]:
     return list(front.points) + [b for b in front.baselines if b.number not in on_front]
 
 
+def front_sizes(front: Front) -> InputSizes:
+    """The LR input sizes behind the figures of ``front_rows``."""
+    return InputSizes.of(p.metrics for p in front_rows(front))
+
+
 def front_table(front: Front) -> pd.DataFrame:
-    """``front_rows`` with the columns users compare (the printed table and ``--csv``)."""
+    """``front_rows`` with the columns users compare (the printed table and ``--csv``); the last two say
+    the LR input size of ``latency_ms`` (and memory) and of ``flops_g``."""
     on_front = {p.number for p in front.points}
     rows = []
     for p in front_rows(front):
-        m = p.metrics
+        m, sizes = p.metrics, InputSizes.of([p.metrics])
         rows.append({"trial": p.number, "front": p.number in on_front, "baseline": p.preset or "",
                      "nf": p.arch.get("nf"), "N": p.arch.get("n_blocks"), "expansion": p.arch.get("expansion"),
                      "se": p.arch.get("se"), "bn": p.arch.get("bn"), "act": p.arch.get("act"),
                      "psnr_y": m.get("psnr"), "ssim_y": m.get("ssim"), "latency_ms": m.get("latency_ms"),
                      "latency_ratio": m.get("latency_ratio"), "flops_g": _scaled(m.get("flops"), 1e9),
-                     "params_k": _scaled(m.get("params"), 1e3)})
+                     "params_k": _scaled(m.get("params"), 1e3), "latency_lr_size": sizes.latency,
+                     "cost_lr_size": sizes.cost})
     return pd.DataFrame(rows)
 
 
@@ -129,8 +165,9 @@ def _scaled(value: float | None, unit: float) -> float | None:
 
 def front_records(front: Front) -> list[dict]:
     """``front --json``: ``front_rows`` as objects: number, objective values, arch, whether on the front,
-    and every recorded metric."""
+    every recorded metric, and the LR input sizes of latency/memory and FLOPs/activations."""
     on_front = {p.number for p in front.points}
     return [{"number": p.number, **p.values, "arch": p.arch, "baseline": p.preset, "front": p.number in on_front,
-             **{k: v for k, v in p.metrics.items() if k not in ("arch", "preset") and k not in p.values}}
+             **{k: v for k, v in p.metrics.items() if k not in ("arch", "preset") and k not in p.values},
+             "latency_lr_size": InputSizes.of([p.metrics]).latency, "cost_lr_size": InputSizes.of([p.metrics]).cost}
             for p in front_rows(front)]

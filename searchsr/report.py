@@ -29,7 +29,8 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
 from searchsr.objectives import Objective
-from searchsr.pareto import Front, compute_front, hypervolume_history, study_objectives
+from searchsr.pareto import (COST_LR_SIZE, LATENCY_LR_SIZE, Front, InputSizes, compute_front, hypervolume_history,
+                             study_objectives)
 
 MIN_IMPORTANCE_TRIALS = 10  # below this PED-ANOVA's top-10% regime is padded to 2 trials: noise
 STABLE_IMPORTANCE_TRIALS = 50  # its authors ask for >= 5 trials in the top 10%
@@ -94,6 +95,7 @@ class ReportData:
     family: tuple[FamilyPoint, ...]
     retrain: RetrainTable | None
     created: str
+    sizes: InputSizes = InputSizes(LATENCY_LR_SIZE, COST_LR_SIZE)  # LR inputs of latency/memory and FLOPs
 
 
 def load_family() -> tuple[FamilyPoint, ...]:
@@ -154,4 +156,5 @@ def compute_report(study: optuna.Study, storage: str = "") -> ReportData:
     return ReportData(study.study_name, storage, objectives, front, rows, states,
                       tuple(hypervolume_history(study)), params, compute_importances(study, objectives),
                       load_family(), load_retrain_table(study),
-                      datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                      datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                      InputSizes.of(r.metrics for r in rows))

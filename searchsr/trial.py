@@ -22,9 +22,10 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
     import torch
     from ray import tune
 
+    from searchsr.cost import check_fits_training, device_available_bytes
     from searchsr.data import load_images
     from searchsr.schedule import load_schedule
-    from searchsr.train import train
+    from searchsr.train import resolve_device, train
 
     start = time.perf_counter()
     os.nice(19)  # training yields the CPU to the CostMeter's timings (it runs at normal priority)
@@ -33,6 +34,10 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
         cfg = ArchConfig.from_dict(config["arch"])
         torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
         schedule = load_schedule(config["schedule"])
+        device = resolve_device(None)  # where ``train`` will run
+        # refused up front (counted on the meta device) rather than OOM-killed, and re-queued, mid-training
+        check_fits_training(cfg, schedule.batch_size, schedule.patch_size, device_available_bytes(device),
+                            where="this machine" if device.type == "cpu" else f"this machine's {device}")
         train_set = load_images(config["train_dir"], "train", cfg.scale)
         val_set = load_images(config["val_dir"], "val", cfg.scale)
         result = train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],

@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--repeats", type=int, default=5, help="independent measurements (default: 5)")
     b.add_argument("--runs", type=int, default=10, help="timed runs per measurement (default: 10)")
     b.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    b.add_argument("--rel-half-width", type=float, default=0.02,
+                   help="ratio to XLITE: add rounds until its 95%% interval is within this fraction (default: 0.02)")
+    b.add_argument("--max-rounds", type=int, default=6, help="ratio to XLITE: at most this many rounds (default: 6)")
     b.set_defaults(func=cmd_latency)
 
     b = bench_sub.add_parser("concurrency", parents=common,
@@ -54,12 +57,18 @@ def cmd_latency(args: argparse.Namespace) -> int:
     from searchsr.train import resolve_device
 
     def show(name: str, r: LatencyBench) -> None:
-        print(f"{name}: median {statistics.median(r.medians_ms):.2f} ms over {args.repeats}x{args.runs} "
+        h, w = args.lr_size
+        cis = ", ".join(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in r.ratio_ci)
+        print(f"{name} at {h}x{w} LR: median {statistics.median(r.medians_ms):.2f} ms over {args.repeats}x{args.runs} "
               f"runs, CV of median {100 * r.cv_of_median:.2f}%, fused speed-up {r.fusion_speedup:.3f}x, "
-              f"x{r.ratio_to_xlite:.3f} XLITE (CV {100 * r.cv_of_ratio:.2f}%)", flush=True)
+              f"x{r.ratio_to_xlite:.3f} XLITE (CV {100 * r.cv_of_ratio:.2f}% over repeats; one round's ratio: CV "
+              f"{100 * r.cv_of_single_round_ratio:.2f}%); 95% intervals {cis}, rounds "
+              f"{', '.join(map(str, r.ratio_rounds))}, {r.ratio_converged}/{len(r.ratio_rounds)} within "
+              f"+-{100 * args.rel_half_width:g}%", flush=True)
 
     report = bench_latency(options.csv_list(args.archs), lr_size(args.lr_size), args.repeats, args.runs,
-                           args.threads, str(resolve_device(args.device)), on_result=None if args.json else show)
+                           args.threads, str(resolve_device(args.device)), on_result=None if args.json else show,
+                           rel_half_width=args.rel_half_width, max_rounds=args.max_rounds)
     if args.json:
         print(json.dumps({name: r.to_dict() for name, r in report.items()}))
     return 0

@@ -108,7 +108,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 
 def print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
-    from searchsr.pareto import compute_front, front_records, front_table
+    from searchsr.pareto import compute_front, front_records, front_sizes, front_table
 
     front = compute_front(study)
     if as_json:
@@ -119,9 +119,13 @@ def print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
         print(table.to_csv(index=False), end="")
         return
     names = ", ".join(f"{o.name} ({o.direction[:3]})" for o in front.objectives)
+    sizes = front_sizes(front)
     print(f"Pareto front of study {study.study_name!r}: {len(front.points)} of {front.complete_trials} "
           f"complete feasible trials; objectives {names}")
+    print(sizes.describe())
     if not table.empty:
+        if "/" not in sizes.latency + sizes.cost:  # one size each: the line above says it
+            table = table.drop(columns=["latency_lr_size", "cost_lr_size"])
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     ref = ", ".join(f"{k}={v:.4g}" for k, v in front.reference_point.items())
     print(f"hypervolume {front.hypervolume:.6g} (reference point: {ref or 'none'})")
