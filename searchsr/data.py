@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from searchsr.errors import UsageError
 from searchsr.imresize import imresize_uint8, mod_crop
@@ -53,6 +53,7 @@ class ImagePair:
     name: str  # file name, reused for saved outputs
     hr: np.ndarray
     lr: np.ndarray
+    path: str | None = None  # the HR file (None for the embedded photos): never overwritten by saved outputs
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ class ImageSet:
     images: tuple[ImagePair, ...]
 
 
-def make_pair(name: str, hr: np.ndarray, scale: int) -> ImagePair:
-    """Mod-crop ``hr`` and compute its LR; errors name the image."""
+def make_pair(name: str, hr: np.ndarray, scale: int, path: str | None = None) -> ImagePair:
+    """Mod-crop ``hr`` and compute its LR; errors name the image. ``path`` is the file it came from."""
     try:
         hr = mod_crop(hr, scale)
     except ValueError as err:
@@ -73,11 +74,12 @@ def make_pair(name: str, hr: np.ndarray, scale: int) -> ImagePair:
     hr.setflags(write=False)
     lr = imresize_uint8(hr, 1 / scale)
     lr.setflags(write=False)
-    return ImagePair(name, hr, lr)
+    return ImagePair(name, hr, lr, path)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 HxW (gray) or HxWx3 (everything else: RGBA, palette, CMYK -> RGB).
+def open_oriented(path: Path) -> Image.Image:
+    """The image in ``path``, decoded and turned the way viewers show it: its EXIF orientation applied
+    (phone cameras store portrait photos sideways and say so in EXIF; benchmark sets carry none).
 
     Images over PIL's ``Image.MAX_IMAGE_PIXELS`` are refused (PIL only warns up to twice that
     and then decodes: hundreds of MB per image before any check of ours could run).
@@ -86,11 +88,35 @@ def read_image(path: Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                gray = img.mode in ("1", "L", "LA")
-                if not gray and img.mode.startswith("I"):  # 16/32-bit gray has no uint8 meaning
-                    raise UsageError(f"unsupported image mode {img.mode}")
-                return np.array(img.convert("L" if gray else "RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+                img.load()
+                ImageOps.exif_transpose(img, in_place=True)  # no copy; keeps img.format
+                return img
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UsageError(f"{path}: cannot read image ({err})") from None
+
+
+def to_uint8(img: Image.Image) -> np.ndarray:
+    """uint8 HxW (gray) or HxWx3 (everything else: RGBA, palette, CMYK -> RGB).
+
+    16-bit samples keep their high byte (``v >> 8``), gray and colour alike: Pillow decodes 16-bit colour
+    that way, so a 16-bit gray image and the same image in 16-bit RGB give the same values. 32-bit
+    integer and float images are refused (they have no agreed 8-bit meaning).
+    """
+    if img.mode.startswith("I;16"):
+        return (np.array(img).astype(np.uint16) >> 8).astype(np.uint8)
+    if img.mode == "I" and img.format == "PNG":  # 16-bit gray PNG in Pillow versions before I;16
+        return (np.array(img).clip(0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        raise ValueError(f"unsupported image mode {img.mode} (32-bit or float samples; use 8 or 16 bits)")
+    return np.array(img.convert("L" if img.mode in ("1", "L", "LA") else "RGB"))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 HxW (gray) or HxWx3 as the image is shown (``open_oriented``, ``to_uint8``)."""
+    img = open_oriented(path)
+    try:
+        return to_uint8(img)
+    except ValueError as err:
         raise UsageError(f"{path}: cannot read image ({err})") from None
 
 
@@ -107,7 +133,7 @@ def list_images(folder: Path) -> list[Path]:
 @functools.lru_cache(maxsize=None)
 def _cached_pair(path: str, mtime_ns: int, scale: int) -> ImagePair:
     """The LR is computed once per file version and scale (repeated trials in one process)."""
-    return make_pair(Path(path).name, read_image(Path(path)), scale)
+    return make_pair(Path(path).name, read_image(Path(path)), scale, path)
 
 
 def load_folder(folder: str | Path, scale: int) -> ImageSet:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -212,22 +213,57 @@ def check_scorable(images: ImageSet) -> None:
                              f"(needs {_SSIM_WINDOW + 2 * images.scale} px after the crop border)")
 
 
+def output_targets(sources: Sequence[Path], out_dir: Path, inputs: Sequence[Path] | None = None) -> list[Path]:
+    """``out_dir/<stem>.png`` for each of ``sources``, the one naming rule of ``eval --save-dir`` and ``upscale``.
+
+    A one-line UsageError, before anything is written, when two sources would share an output or an output
+    would replace one of ``inputs`` (default: ``sources``): outputs are compared with the inputs by resolved
+    path (a symlinked or relative folder is the same folder) and, where they exist, by file identity (a hard
+    or symbolic link to an input).
+    """
+    inputs = list(sources if inputs is None else inputs)
+    resolved = {p.resolve() for p in inputs}
+    identities = {_identity(p) for p in inputs} - {None}
+    targets: list[Path] = []
+    for source in sources:
+        target = out_dir / f"{source.stem}.png"
+        if target in targets:
+            raise UsageError(f"{source}: output {target} would overwrite the output of another input")
+        if target.resolve() in resolved or _identity(target) in identities:
+            raise UsageError(f"{source}: output {target} would overwrite an input")
+        targets.append(target)
+    return targets
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names (links followed), None if there is none."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def evaluate(upscaler: Upscaler, images: ImageSet, save_dir: Path | None = None) -> EvalResult:
-    """Mean PSNR-Y / SSIM-Y (crop border = scale); ``save_dir`` receives each output as PNG."""
+    """Mean PSNR-Y / SSIM-Y (crop border = scale); ``save_dir`` receives each output as ``<stem>.png``,
+    refused up front when an output would replace one of the HR files or another output."""
     check_scorable(images)
+    targets: list[Path | None] = [None] * len(images.images)
     if save_dir is not None:
         check_writable_dir(save_dir)
+        targets = list(output_targets([Path(pair.path or pair.name) for pair in images.images], save_dir,
+                                      [Path(pair.path) for pair in images.images if pair.path]))
         save_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     scores = []
-    for pair in images.images:
+    for pair, target in zip(images.images, targets):
         sr = upscaler(pair.lr)
         if sr.shape != pair.hr.shape:
             raise UsageError(f"{pair.name}: output {sr.shape} does not match HR {pair.hr.shape} "
                              f"(is the network's scale x{images.scale}?)")
         scores.append(ImageScore(pair.name, psnr_y(sr, pair.hr, images.scale), ssim_y(sr, pair.hr, images.scale)))
-        if save_dir is not None:
-            with atomic_output(save_dir / f"{Path(pair.name).stem}.png") as f:
+        if target is not None:
+            with atomic_output(target) as f:
                 Image.fromarray(sr).save(f, format="PNG")
     return EvalResult(psnr_y=float(np.mean([s.psnr_y for s in scores])),
                       ssim_y=float(np.mean([s.ssim_y for s in scores])),

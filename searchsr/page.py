@@ -50,8 +50,10 @@ def render(data: ReportData) -> str:
                      f"{html.escape(front_sizes(front).describe())}</p>"
                      + table.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
     if data.retrain is not None:
+        earlier = (f"; the last {data.retrain.earlier} row(s): trials only an earlier retrain scored, "
+                   "recorded on the study (their folders in run_dir)" if data.retrain.earlier else "")
         parts.append(f"<h2>Retrain comparison</h2><p class='note'>full-schedule retraining, from "
-                     f"{html.escape(data.retrain.path)}</p>"
+                     f"{html.escape(data.retrain.path)}{html.escape(earlier)}</p>"
                      + data.retrain.frame.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
     return PAGE.format(study=html.escape(data.study), summary=html.escape(summary), body="\n".join(parts))
 

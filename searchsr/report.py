@@ -35,6 +35,7 @@ from searchsr.pareto import (COST_LR_SIZE, LATENCY_LR_SIZE, Front, InputSizes, c
 MIN_IMPORTANCE_TRIALS = 10  # below this PED-ANOVA's top-10% regime is padded to 2 trials: noise
 STABLE_IMPORTANCE_TRIALS = 50  # its authors ask for >= 5 trials in the top 10%
 RETRAIN_TABLE_ATTR = "retrain_table"
+RETRAIN_RESULTS_ATTR = "retrain_results"  # every trial ever retrained, merged over retrains (searchsr.retrain)
 RETRAIN_PREFIX = "retrain_"
 
 
@@ -79,6 +80,7 @@ class Importance:
 class RetrainTable:
     path: str
     frame: pd.DataFrame
+    earlier: int = 0  # rows after the CSV's: trials only an earlier retrain scored (from retrain_results)
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,9 +137,23 @@ def load_retrain_table(study: optuna.Study) -> RetrainTable | None:
     if not isinstance(path, str) or not Path(path).expanduser().is_file():
         return None
     try:
-        return RetrainTable(path, pd.read_csv(Path(path).expanduser()))
+        frame = pd.read_csv(Path(path).expanduser())
     except (OSError, ValueError, pd.errors.ParserError) as err:
         return RetrainTable(path, pd.DataFrame({"error": [f"unreadable: {str(err).splitlines()[0]}"]}))
+    earlier = earlier_retrained(study.user_attrs.get(RETRAIN_RESULTS_ATTR), frame)
+    if earlier.empty:
+        return RetrainTable(path, frame)
+    return RetrainTable(path, pd.concat([frame, earlier], ignore_index=True), len(earlier))
+
+
+def earlier_retrained(results: Any, latest: pd.DataFrame) -> pd.DataFrame:
+    """The recorded results (``retrain_results``: trial number -> row) of trials absent from the latest
+    retrain's table, by trial number; empty when there are none or the attribute is not a mapping."""
+    if not isinstance(results, dict) or "trial" not in latest.columns:
+        return pd.DataFrame()
+    shown = set(pd.to_numeric(latest["trial"], errors="coerce").dropna().astype(int))
+    rows = {int(key): row for key, row in results.items() if str(key).isdigit() and isinstance(row, dict)}
+    return pd.DataFrame([row for number, row in sorted(rows.items()) if number not in shown])
 
 
 def compute_report(study: optuna.Study, storage: str = "") -> ReportData:

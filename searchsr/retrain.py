@@ -157,7 +157,10 @@ def comparison_table(jobs: list[Job], scores: dict[str, dict], costs: dict[str, 
 
 
 def _dominates(a: pd.Series, b: pd.Series, psnr_cols: list[str]) -> bool:
-    """Better or equal on every benchmark PSNR and on latency and FLOPs, strictly better on one."""
+    """Better or equal on every benchmark PSNR and on latency and FLOPs, strictly better on one.
+    Never without a PSNR column: being cheaper alone is not dominating (``run_retrain`` requires --bench)."""
+    if not psnr_cols:
+        return False
     better_eq = all(a[c] >= b[c] for c in psnr_cols) and a["latency_ms"] <= b["latency_ms"] \
         and a["flops_g"] <= b["flops_g"]
     strictly = any(a[c] > b[c] for c in psnr_cols) or a["latency_ms"] < b["latency_ms"] or a["flops_g"] < b["flops_g"]
@@ -191,14 +194,33 @@ def write_outputs(table: pd.DataFrame, fidelity: Fidelity | None, out: Path) -> 
     return csv_path, md_path
 
 
+RESULTS_ATTR = "retrain_results"
+
+
 def write_back(study: optuna.Study, table: pd.DataFrame, csv_path: Path) -> None:
-    """Retrained metrics on the study (finished trials are read-only in Optuna's storage):
-    ``retrain_results`` maps each retrained trial number to its row, ``retrain_table`` is the CSV."""
-    results = {str(int(row["trial"])): {k: v for k, v in row.items() if k != "arch" and not _is_nan(v)}
+    """Retrained metrics on the study (finished trials are read-only in Optuna's storage).
+
+    ``retrain_results`` maps each trial number ever retrained to its latest row plus ``run_dir``, the run
+    folder holding its retrained weights: a retrain merges into what earlier ones recorded (the newer result
+    for a trial replaces the older; other trials are kept). ``retrain_table``/``retrain_out`` name the
+    latest retrain's CSV and folder.
+    """
+    out = csv_path.parent.resolve()
+    results = {str(int(row["trial"])): {**{k: v for k, v in row.items() if k != "arch" and not _is_nan(v)},
+                                        "run_dir": str(out / row["model"])}
                for _, row in table.iterrows() if not _is_nan(row["trial"])}
-    study.set_user_attr("retrain_results", json.loads(json.dumps(results, default=float)))
+    merged = merge_results(study.user_attrs.get(RESULTS_ATTR), json.loads(json.dumps(results, default=float)))
+    study.set_user_attr(RESULTS_ATTR, merged)
     study.set_user_attr("retrain_table", str(csv_path.resolve()))
-    study.set_user_attr("retrain_out", str(csv_path.parent.resolve()))
+    study.set_user_attr("retrain_out", str(out))
+
+
+def merge_results(earlier: Any, latest: dict[str, dict]) -> dict[str, dict]:
+    """``latest`` over ``earlier`` per trial, ordered by trial number; an ``earlier`` that is not a
+    mapping of trial numbers to results (absent, or damaged by hand) contributes nothing."""
+    kept = {k: v for k, v in earlier.items() if str(k).isdigit() and isinstance(v, dict)} \
+        if isinstance(earlier, dict) else {}
+    return dict(sorted({**kept, **latest}.items(), key=lambda item: int(item[0])))
 
 
 def _is_nan(value: Any) -> bool:
@@ -249,9 +271,13 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     check_writable_dir(settings.out, label=f"--out {settings.out}")
     check_address(settings.address)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
-    jobs = [replace(job, name=existing_trial_dir(settings.out, job.trial).name) if job.name == trial_name(job.trial)
-            else job for job in select_jobs(study, settings.trials, settings.front, settings.baselines)]
+    jobs = [replace(job, name=existing_trial_dir(settings.out, job.trial).name)
+            if job.trial is not None and job.name == trial_name(job.trial) else job  # a baseline not in the study
+            for job in select_jobs(study, settings.trials, settings.front, settings.baselines)]
     schedule = load_schedule(settings.schedule)
+    if not settings.bench:
+        raise UsageError("give at least one --bench folder: retrain compares networks by benchmark PSNR "
+                         "against cost, and without one it could only rank them by cost")
     for scale in sorted({job.arch.scale for job in jobs}):  # what every Ray trial will do, checked up front
         check_patch_size(load_images(settings.train_dir, "train", scale), schedule.patch_size)
         check_scorable(load_images(settings.val_dir, "val", scale))

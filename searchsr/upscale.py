@@ -15,7 +15,9 @@ Tiles are ``tile`` x ``tile`` LR pixels plus the network's context on every side
 depends on the tile, not the image (besides the image itself and the output). Grayscale
 inputs are fed as three equal channels and written as grayscale (the mean of the output
 channels, as ``searchsr eval`` scores them); an alpha channel is upscaled with MATLAB bicubic
-and kept. Outputs are PNGs named after the inputs.
+and kept. Inputs are read as viewers show them (``searchsr.data.read_image``: EXIF orientation
+applied, 16-bit samples reduced to their high byte). Outputs are PNGs named after the inputs; none
+may replace an input or another output (``searchsr.evaluate.output_targets``).
 """
 
 from __future__ import annotations
@@ -29,22 +31,23 @@ import numpy as np
 from PIL import Image
 
 from searchsr.bundle import MIN_SIDE, OnnxModel, TorchModel, load_model
-from searchsr.data import read_image
+from searchsr.data import open_oriented, read_image, to_uint8
 from searchsr.defaults import DEFAULT_TILE
 from searchsr.errors import UsageError
-from searchsr.evaluate import check_tile
+from searchsr.evaluate import check_tile, output_targets
 from searchsr.files import atomic_output, check_writable_dir
 from searchsr.imresize import imresize_uint8
 
 def read_input(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 HxW (gray) or HxWx3, and the alpha channel (HxW) when the image has one."""
+    """uint8 HxW (gray) or HxWx3, and the alpha channel (HxW) when the image has one, both turned
+    as the image is shown (EXIF orientation applied, ``searchsr.data.open_oriented``)."""
     path = Path(path)
-    img = read_image(path)
-    alpha = None
+    im = open_oriented(path)
     try:
-        with Image.open(path) as im:
-            if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
-                alpha = np.array(im.convert("RGBA").getchannel("A"))
+        img = to_uint8(im)
+        alpha = None
+        if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+            alpha = np.array(im.convert("RGBA").getchannel("A"))
     except (OSError, ValueError) as err:
         raise UsageError(f"{path}: cannot read image ({err})") from None
     return img, alpha
@@ -94,17 +97,11 @@ def upscale_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
         raise UsageError("no input images")
     out_dir = Path(out_dir)
     paths = [Path(p) for p in inputs]
-    targets: dict[Path, Path] = {}
     for path in paths:
         w, h = _probe(path)
         if min(h, w) < MIN_SIDE:
             raise UsageError(f"{path}: {h}x{w} is too small (at least {MIN_SIDE}x{MIN_SIDE} pixels)")
-        target = out_dir / f"{path.stem}.png"
-        if target in targets.values():
-            raise UsageError(f"{path}: output {target} would overwrite the output of another input")
-        if target.resolve() in {p.resolve() for p in paths}:
-            raise UsageError(f"{path}: output {target} would overwrite an input")
-        targets[path] = target
+    targets = dict(zip(paths, output_targets(paths, out_dir)))
     check_writable_dir(out_dir)
     model = load_model(model_dir, backend)
     try:

@@ -200,6 +200,35 @@ def test_upscale_keeps_gray_gray_and_alpha(exported, tmp_path):
     assert Image.open(tmp_path / "sr" / "photo.png").size == (52 * 4, 40 * 4)
 
 
+def test_upscale_turns_exif_rotated_photos_and_reads_16_bit_gray_and_rgb_alike(exported, tmp_path):
+    """Issue 12: a phone photo stored sideways is upscaled as shown (alpha turned with it); 16-bit gray
+    and 16-bit RGB are both accepted, with the same values."""
+    from test_defects_ship import ORIENTATION, png16
+
+    out, _, _ = exported
+    stored = _lr(skimage.data.coffee())[:18, :26]  # 26 wide, 18 high; shown 18 wide, 26 high
+    for name, img in (("phone.jpg", Image.fromarray(stored)),
+                      ("rgba.png", Image.fromarray(np.dstack([stored, np.tile(np.arange(26, dtype=np.uint8) * 9,
+                                                                              (18, 1))])))):
+        exif = img.getexif()
+        exif[ORIENTATION] = 6
+        img.save(tmp_path / name, exif=exif.tobytes())
+    values = np.tile(np.array([0, 255, 256, 1000, 32768, 65535], dtype=np.uint16), (16, 3))
+    png16(tmp_path / "gray16.png", values)
+    png16(tmp_path / "rgb16.png", np.dstack([values, values, values]))
+    assert main(["upscale", "--model", str(out), *(str(tmp_path / n) for n in ("phone.jpg", "rgba.png", "gray16.png",
+                                                                             "rgb16.png")),
+                 "--out", str(tmp_path / "sr"), "--backend", "torch"]) == 0
+    assert Image.open(tmp_path / "sr" / "phone.png").size == (18 * 4, 26 * 4)  # W x H as shown, was 104 x 72
+    rgba = np.asarray(Image.open(tmp_path / "sr" / "rgba.png"))
+    assert rgba.shape == (26 * 4, 18 * 4, 4)
+    assert np.array_equal(rgba[..., 3], imresize_uint8(np.rot90(np.tile(np.arange(26, dtype=np.uint8) * 9, (18, 1)),
+                                                                k=-1).copy(), 4))
+    gray, rgb = (np.asarray(Image.open(tmp_path / "sr" / f"{n}.png")) for n in ("gray16", "rgb16"))
+    assert gray.shape == (64, 72) and rgb.shape == (64, 72, 3)
+    assert np.abs(rgb.astype(int).mean(-1) - gray).max() <= 1  # gray = the mean of the same output's channels
+
+
 @pytest.mark.parametrize("changes", [dict(se=False, scale=2), dict(scale=3, kernel_size=5, act="prelu", bn=False),
                                      dict(n_blocks=1, act="relu")])  # one SE layer: no earlier SE mean is used
 def test_other_family_members_export_and_tile_exactly(changes, tmp_path):
