@@ -46,6 +46,19 @@ class TooManyFailures(SearchsrError, RuntimeError):
     exit_code = 1
 
 
+class NothingCompleted(SearchsrError, RuntimeError):
+    """Every new trial of a search failed. Exit code 1."""
+
+    exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``timeout``, ``kill``): handled like Ctrl-C, what finished is kept.
+    Exit code 143 (128 + SIGTERM), as a shell reports a process SIGTERM ended."""
+
+    exit_code = 143
+
+
 class RetrainFailed(SearchsrError, RuntimeError):
     """Some retraining trials failed; rerunning resumes them. Exit code 1."""
 

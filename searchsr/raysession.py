@@ -23,7 +23,7 @@ import ray
 from ray import tune
 from tqdm import tqdm
 
-from searchsr.errors import UsageError, first_line
+from searchsr.errors import Terminated, UsageError, first_line
 from searchsr.meter import CostMeter
 
 
@@ -73,9 +73,54 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-def start_meter(threads: int, runs: int) -> Any:
-    """The driver's one ``CostMeter``, as an actor that runs one measurement at a time."""
-    return ray.remote(num_cpus=0, max_concurrency=1)(CostMeter).remote(threads, runs)
+def check_resources(cpus_per_trial: int, gpus_per_trial: float) -> None:
+    """One trial must fit on the cluster, or Ray would wait for it forever: a one-line UsageError
+    naming what the cluster has."""
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    if gpus_per_trial > gpus or cpus_per_trial > cpus:
+        raise UsageError(f"a trial asks for {cpus_per_trial} CPU(s) and {gpus_per_trial:g} GPU(s); the Ray cluster "
+                         f"has {cpus} CPU(s) and {gpus:g} GPU(s) (searchsr does not wait for an autoscaler)")
+
+
+def start_meter(threads: int, runs: int, resource: str | None = None) -> Any:
+    """The driver's one ``CostMeter``, as an actor that runs one measurement at a time; on a node
+    with the custom Ray ``resource`` where one is named (every driver of a study then times on the
+    same kind of machine: give that resource to the nodes of one CPU type)."""
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1}
+    if resource:
+        if not ray.cluster_resources().get(resource):
+            raise UsageError(f"--meter-resource {resource}: no node of the Ray cluster has that resource "
+                             "(ray start --resources '{\"%s\": 1}')" % resource)
+        options["resources"] = {resource: 0.001}
+    return ray.remote(**options)(CostMeter).remote(threads, runs)
+
+
+class Signals:
+    terminated = False
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[Signals]:
+    """SIGTERM (SLURM, Kubernetes, ``timeout``) handled like Ctrl-C: Ray Tune stops the running trials
+    gracefully and the driver records what was kept (``.terminated`` tells the two apart). Without
+    this, Ray's native handler prints a crash trace and leaves the running trials RUNNING."""
+    import signal
+
+    state = Signals()
+
+    def on_term(signum: int, frame: Any) -> None:
+        state.terminated = True
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's own Ctrl-C handling, or KeyboardInterrupt outside fit()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield state
+    except KeyboardInterrupt as err:
+        if state.terminated and not isinstance(err, Terminated):
+            raise Terminated(str(err) or "before any trial ran") from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class TrialProgress:

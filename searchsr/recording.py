@@ -9,6 +9,8 @@ pitfall:
   Ray's OptunaSearch only passes the objective values and a finished Optuna trial refuses writes.
 * Heartbeats. A thread records an Optuna heartbeat for each trial this driver owns, so another
   driver (or a rerun) can tell a live trial from one whose driver died (``searchsr.study``).
+* Lost trials of other drivers are looked for between trials (``STALE_CHECK_S``), not only at start;
+  each trial records its ``driver`` (host, pid, start time) so a dead local driver is seen at once.
 * Ctrl-C. ``abandon_unfinished`` fails and re-queues the trials cut short at once, rather than
   leaving them RUNNING until their heartbeat goes stale.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,15 @@ from searchsr import internals
 from searchsr.objectives import Constraint, Objective, set_constraints
 from searchsr.runs import failure_reason, trial_dir
 from searchsr.space import SearchSpace, sample_values
-from searchsr.study import requeue
+from searchsr.study import driver_identity, fail_stale_trials, requeue
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
+               "xlite_ms_measured", "latency_ratio_ci_low", "latency_ratio_ci_high", "latency_ratio_converged",
+               "latency_rounds", "latency_ratio_bound",
                "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
-INFO_KEYS = ("schedule", "host", "node_id", "device")
+INFO_KEYS = ("schedule", "host", "node_id", "device", "latency_host", "latency_threads", "latency_lr_size",
+             "cost_lr_size")
+STALE_CHECK_S = 10  # how often a driver looks for trials other drivers lost, between its own trials
 
 
 def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, constraints: tuple[Constraint, ...],
@@ -55,9 +62,13 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
     config is its sampled ``arch``, its ``number`` in the study and ``common`` (what every trial needs)."""
     from ray.tune.search.optuna import OptunaSearch
 
+    driver = driver_identity()
+
     def define_by_run(trial: optuna.Trial) -> dict[str, Any]:
         # Validated by the worker: a hand-enqueued invalid arch fails its trial, not the study.
-        return {"arch": sample_values(space, trial), "number": trial.number, **common}
+        trial.set_user_attr("driver", driver)  # a rerun on this host fails it at once if this driver dies
+        return {"arch": sample_values(space, trial), "number": trial.number,
+                "retry_of": trial.user_attrs.get("retry_of"), **common}
 
     class RecordingSearch(OptunaSearch):
         # The study comes in as an argument and lives on the instance only, never in this class's
@@ -70,6 +81,7 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             self.study = study
             internals.searcher_use_study(self, study)
             self._stop = threading.Event()
+            self._checked = time.monotonic()
             threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat").start()
 
         def _unfinished(self) -> dict[str, optuna.Trial]:
@@ -83,6 +95,9 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                     storage.record_heartbeat(internals.trial_id(ot_trial))
 
         def suggest(self, trial_id: str) -> dict | None:
+            if time.monotonic() - self._checked > STALE_CHECK_S:  # as Optuna's optimize() does between trials
+                self._checked = time.monotonic()
+                fail_stale_trials(self.study)
             config = super().suggest(trial_id)
             ot_trial = internals.searcher_trials(self).get(trial_id)
             if ot_trial is not None:

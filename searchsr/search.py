@@ -13,6 +13,8 @@ The job in four parts, each a module readable on its own:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -21,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 
 from searchsr.config import ArchConfig
 from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY
-from searchsr.errors import TooManyFailures, UsageError
+from searchsr.errors import NothingCompleted, Terminated, TooManyFailures, UsageError
 from searchsr.objectives import Constraint, Objective
 from searchsr.space import SearchSpace
 from searchsr.storage import STALE_AFTER_S, check_study_name, mask_url, open_storage
@@ -54,6 +57,7 @@ class SearchSettings:
     latency_runs: int = 10
     latency_threads: int = 1
     max_failures: int = 0  # 0: never stop because trials fail
+    meter_resource: str | None = None  # a Ray node resource: the latency meter runs on such a node
     stale_after: int = STALE_AFTER_S  # seconds without heartbeat before a RUNNING trial counts as lost
     verbose: bool = False
 
@@ -89,6 +93,18 @@ class SearchSettings:
         check_images(self.train_dir, self.val_dir, space_scales(self.space), schedule.patch_size)
         preset_params(self.space, self.enqueue)
 
+    def setup(self) -> dict[str, dict[str, str]]:
+        """What makes this run's trials comparable with the study's others, each as a label for users
+        and a key that must match (``searchsr.study.check_setup``)."""
+        from searchsr.schedule import load_schedule
+
+        schedule = load_schedule(self.schedule)
+        return {"schedule": {"label": self.schedule, "key": _digest(repr({k: v for k, v in schedule.to_dict().items()
+                                                                          if k != "name"}))},
+                "train data": _data_fingerprint(self.train_dir, "train"),
+                "validation data": _data_fingerprint(self.val_dir, "val"),
+                "space": {"label": self.space.source, "key": _digest(repr(sorted(self.space.params.items())))}}
+
     def worker_config(self) -> dict[str, Any]:
         """What every trial's worker needs besides its arch; absolute paths, since Ray workers run in
         their own working directories."""
@@ -98,6 +114,20 @@ class SearchSettings:
         return {"schedule": schedule_for_workers(self.schedule), "train_dir": for_workers(self.train_dir),
                 "val_dir": for_workers(self.val_dir), "runs_root": for_workers(self.runs_root), "seed": self.seed,
                 "cpus_per_trial": self.cpus_per_trial}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _data_fingerprint(folder: str | None, split: str) -> dict[str, str]:
+    """A data folder by content (image names and sizes), so the same photos elsewhere still match."""
+    from searchsr.data import list_images
+
+    if folder is None:
+        return {"label": f"the embedded scikit-image photos ({split} split)", "key": f"skimage-{split}"}
+    files = [(p.name, p.stat().st_size) for p in list_images(Path(folder))]
+    return {"label": f"{folder} ({len(files)} images)", "key": _digest(repr(files))}
 
 
 def plan_concurrency(requested: int, cpus: int, cpus_per_trial: int) -> tuple[int, str | None]:
@@ -144,8 +174,9 @@ def _describe_done(objectives: tuple[Objective, ...]):
         r = trial.last_result or {}
         values = ", ".join(f"{o.key}={r[o.key]:.4g}" for o in objectives if o.key in r)
         arch = json.loads(r.get("arch_json", "{}"))
-        return (f"trial {trial.config.get('number')}: nf={arch.get('nf')} N={arch.get('n_blocks')} {values} "
-                f"({r.get('trial_seconds', 0):.0f} s)")
+        retry = trial.config.get("retry_of")
+        return (f"trial {trial.config.get('number')}{f' (retry of {retry})' if retry is not None else ''}: "
+                f"nf={arch.get('nf')} N={arch.get('n_blocks')} {values} ({r.get('trial_seconds', 0):.0f} s)")
     return describe
 
 
@@ -161,30 +192,40 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from searchsr.raysession import TrialProgress, cluster_cpus, ray_session, start_meter
+    from searchsr.raysession import (TrialProgress, check_resources, cluster_cpus, ray_session, sigterm_as_interrupt,
+                                     start_meter)
     from searchsr.recording import make_searcher
     from searchsr.runs import ray_dir
-    from searchsr.study import enqueue_presets, prepare_study
+    from searchsr.study import (describe_yardstick, enqueue_presets, prepare_study, record_setup, settle_yardstick,
+                                study_uid)
     from searchsr.trial import run_trial
 
     settings.check()
     storage = open_storage(settings.storage, settings.stale_after)
-    study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
-                          settings.trials)
-    enqueue_presets(study, settings.space, settings.enqueue)
-    trials = study.get_trials(deepcopy=False)
-    queued = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
-    say(f"study {settings.study!r} in {mask_url(settings.storage)}: {len(trials) - queued} trial(s) so far, "
-        f"{settings.trials} new{f' ({queued} queued first)' if queued else ''}; objectives "
-        f"{','.join(o.name for o in settings.objectives)}, sampler {settings.sampler}, schedule {settings.schedule}")
-    with ray_session(settings.address, settings.verbose):
+    setup = settings.setup()
+    check_continuation(storage, settings, setup)  # reads only: a refusal writes nothing
+    with ray_session(settings.address, settings.verbose), sigterm_as_interrupt() as signals:
+        check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
         concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial)
-        if note:
-            say(note)
-        meter = start_meter(settings.latency_threads, settings.latency_runs)
-        settings.runs_root.mkdir(parents=True, exist_ok=True)
+        meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource)
+        study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
+                              settings.trials)
+        record_setup(study, setup)
+        mark_runs_folder(settings.runs_root, study_uid(study), settings.study)
+        yardstick, first_time = settle_yardstick(study, ray.get(meter.own_yardstick.remote()))
+        ray.get(meter.use_yardstick.remote(yardstick["xlite_ms"]))
+        enqueue_presets(study, settings.space, settings.enqueue)
+        trials = study.get_trials(deepcopy=False)
+        queued = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        say(f"study {settings.study!r} in {mask_url(settings.storage)}: {len(trials) - queued} trial(s) so far, "
+            f"{settings.trials} new{f' ({queued} queued first)' if queued else ''}; objectives "
+            f"{','.join(o.name for o in settings.objectives)}, sampler {settings.sampler}, schedule "
+            f"{settings.schedule}")
+        for line in (note, first_time, f"latency yardstick: {describe_yardstick(yardstick)}"):
+            if line:
+                say(line)
         searcher = make_searcher(study, settings.space, settings.objectives, settings.all_constraints,
-                                 settings.runs_root, settings.worker_config())
+                                 settings.runs_root.resolve(), settings.worker_config())
         progress = TrialProgress(settings.trials, "trial", _describe_done(settings.objectives), _describe_error,
                                  settings.max_failures)
         trainable = tune.with_resources(tune.with_parameters(run_trial, meter=meter),
@@ -204,14 +245,52 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             searcher.close()
             progress.close()
         if progress.too_many_failures():
+            cut = searcher.abandon_unfinished(f"stopped by --max-failures {settings.max_failures}")
             raise TooManyFailures(f"stopped: {progress.failures} trials failed (--max-failures "
-                                  f"{settings.max_failures}); see each trial's fail_reason (searchsr front shows "
-                                  f"what completed)")
-        if progress.finished < settings.trials:  # Ctrl-C: Tune stopped the running trials and returned
-            cut = searcher.abandon_unfinished("interrupted (Ctrl-C) before it finished")
-            raise KeyboardInterrupt(f"{progress.finished} of {settings.trials} new trials finished and are saved; "
-                                    f"{cut} cut short are marked FAIL and queued again for the next run")
+                                  f"{settings.max_failures}; {cut} running trial(s) cut, marked FAIL and queued "
+                                  "again); see each trial's fail_reason (searchsr front shows what completed)")
+        if progress.finished < settings.trials:  # Ctrl-C or SIGTERM: Tune stopped the running trials
+            why = "terminated (SIGTERM)" if signals.terminated else "interrupted (Ctrl-C)"
+            cut = searcher.abandon_unfinished(f"{why} before it finished")
+            message = (f"{progress.finished} of {settings.trials} new trials finished and are saved; {cut} cut short "
+                       "are marked FAIL and queued again for the next run")
+            raise Terminated(message) if signals.terminated else KeyboardInterrupt(message)
+        if progress.failures == settings.trials:
+            raise NothingCompleted(f"none of the {settings.trials} new trials completed: each FAILED (see the lines "
+                                   "above, or each trial's fail_reason)")
     return study
+
+
+def check_continuation(storage: Any, settings: SearchSettings, setup: dict[str, dict[str, str]]) -> None:
+    """Before anything is written: a study continued with another schedule, data or space is refused,
+    and so is a runs folder that holds another study's trials (a deleted storage, another --storage)."""
+    from searchsr.storage import study_names
+    from searchsr.study import UID_ATTR, check_setup
+
+    study = optuna.load_study(study_name=settings.study, storage=storage) \
+        if settings.study in study_names(storage) else None
+    if study is not None:
+        check_setup(study, setup)
+    marker = settings.runs_root / RUNS_MARKER
+    owner = json.loads(marker.read_text()).get("uid") if marker.is_file() else None
+    if owner is not None:
+        foreign = owner != (study.user_attrs.get(UID_ATTR) if study is not None else None)
+    else:  # no marker: a new study must not inherit trial folders; an older study adopts its own
+        foreign = study is None and any(settings.runs_root.glob("trial_*"))
+    if foreign:
+        raise UsageError(f"--runs-dir: {settings.runs_root} holds the trial folders of another study named "
+                         f"{settings.study!r} (another storage, or a deleted one): use another --runs-dir or --study")
+
+
+RUNS_MARKER = ".searchsr-study.json"  # in a study's runs folder: whose trials these are
+
+
+def mark_runs_folder(runs_root: Path, uid: str, study: str) -> None:
+    from searchsr.files import atomic_write
+
+    runs_root.mkdir(parents=True, exist_ok=True)
+    if not (runs_root / RUNS_MARKER).is_file():
+        atomic_write(runs_root / RUNS_MARKER, json.dumps({"study": study, "uid": uid}) + "\n")
 
 
 def say(text: str) -> None:

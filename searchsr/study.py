@@ -17,6 +17,10 @@ each against a known pitfall:
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +91,48 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
         study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
+def driver_identity() -> dict[str, Any]:
+    """This process as the driver of the trials it runs: host, pid and the pid's start time (so a
+    recycled pid is not mistaken for the driver)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def driver_gone(driver: Any) -> bool:
+    """True when ``driver`` (a ``driver_identity``) ran on this host and that process no longer exists.
+    A driver on another host is never judged from here: its heartbeat decides."""
+    if not isinstance(driver, dict) or driver.get("host") != socket.gethostname():
+        return False
+    started = _process_start(int(driver.get("pid", -1)))
+    return started is None or (driver.get("started") is not None and started != driver["started"])
+
+
 def fail_stale_trials(study: optuna.Study) -> int:
-    """RUNNING trials whose heartbeat stopped (a killed or lost driver): FAIL with the reason and
-    re-queued, each by exactly one driver however many look at once. Returns how many this one failed."""
+    """RUNNING trials that lost their driver: FAIL with the reason and re-queued, each by exactly one
+    driver however many look at once. A trial is lost when its heartbeat is older than the grace period
+    (any host), or at once when its driver ran on this host and is gone (a rerun right after a crash).
+    Returns how many this call failed."""
     storage = internals.study_storage(study)
     if not storage.get_heartbeat_interval():
         return 0
-    reason = f"no heartbeat for {internals.grace_period(storage)} s: the driver running it was killed or lost"
+    grace = internals.grace_period(storage)
+    lost = {trial_id: f"no heartbeat for {grace} s: the driver running it was killed or lost"
+            for trial_id in internals.stale_trial_ids(study)}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        driver = trial.user_attrs.get("driver")
+        if internals.trial_id(trial) not in lost and driver_gone(driver):
+            lost[internals.trial_id(trial)] = (f"no heartbeat since its driver (pid {driver['pid']} on "
+                                               f"{driver['host']}) died")
     failed = 0
-    for trial_id in internals.stale_trial_ids(study):
+    for trial_id, reason in lost.items():
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             won = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
@@ -146,7 +183,89 @@ def trial_run_dir(study: optuna.Study, number: int) -> Path:
     trial = trials[number]
     if trial.state != TrialState.COMPLETE or "run_dir" not in trial.user_attrs:
         raise UsageError(f"trial {number} is {trial.state.name}: only completed trials have trained weights")
+    results = study.user_attrs.get("retrain_results")
+    entry = results.get(str(number)) if isinstance(results, dict) else None
+    run_dir = entry.get("run_dir") if isinstance(entry, dict) else None
+    if isinstance(run_dir, str) and (Path(run_dir) / WEIGHTS_FILE).is_file():
+        return Path(run_dir)  # retrained (by the latest retrain that covered this trial)
     retrained = study.user_attrs.get("retrain_out")
     if retrained and (existing_trial_dir(retrained, number) / WEIGHTS_FILE).is_file():
         return existing_trial_dir(retrained, number)
     return Path(trial.user_attrs["run_dir"])
+
+
+YARDSTICK_ATTR = "yardstick"  # the study's XLITE latency: every trial's latency_ms = its ratio x this
+SETUP_ATTR = "setup"  # what makes two trials of the study comparable: schedule, data, space
+UID_ATTR = "uid"  # the study's identity, also written into its runs folder (searchsr.search)
+
+
+def settle_yardstick(study: optuna.Study, measured: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The study's latency yardstick, and a line to tell the user when this call stored it.
+
+    A study stores one once: the earliest recorded XLITE time where the study predates yardsticks
+    (so its front keeps its milliseconds), else ``measured`` (this driver's meter). Drivers that
+    start together agree: one claims the store, the others read what it stored.
+    """
+    stored = study.user_attrs.get(YARDSTICK_ATTR)
+    if stored:
+        return stored, None
+    earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "xlite_ms" in t.user_attrs]
+    if earlier:
+        first = min(earlier, key=lambda t: t.number)
+        candidate = {**measured, "xlite_ms": float(first.user_attrs["xlite_ms"]),
+                     "host": first.user_attrs.get("host", "unknown"), "from_trial": first.number,
+                     "measured": first.datetime_complete.isoformat(timespec="seconds")
+                     if first.datetime_complete else "unknown"}
+        note = (f"study {study.study_name!r} had no stored latency yardstick: it now uses its earliest recorded XLITE "
+                f"time, {candidate['xlite_ms']:.2f} ms (trial {first.number}), for every trial from here on")
+    else:
+        candidate = measured
+        note = None
+    if internals.claim_study_key(study, "searchsr:yardstick"):
+        study.set_user_attr(YARDSTICK_ATTR, candidate)
+        return candidate, note
+    for _ in range(100):  # another driver is storing it this moment
+        stored = study.user_attrs.get(YARDSTICK_ATTR)
+        if stored:
+            return stored, None
+        time.sleep(0.1)
+    raise UsageError(f"study {study.study_name!r}: another driver claimed the latency yardstick but never stored "
+                     "it (it died at that moment?): rerun")
+
+
+def describe_yardstick(yardstick: dict[str, Any]) -> str:
+    return (f"XLITE {yardstick['xlite_ms']:.2f} ms at {yardstick.get('lr_size', '128x128')} LR on "
+            f"{yardstick.get('host', 'unknown')}, {yardstick.get('threads', 1)} thread(s), "
+            f"{yardstick.get('measured', 'unknown')}")
+
+
+def check_setup(study: optuna.Study, setup: dict[str, dict[str, str]]) -> None:
+    """Refuse to continue ``study`` with a schedule, data or space other than the one it ran with:
+    trials scored on other validation data, or trained longer, are not comparable on one front."""
+    stored = study.user_attrs.get(SETUP_ATTR) or {}
+    changed = [k for k in setup if k in stored and stored[k]["key"] != setup[k]["key"]]
+    if changed:
+        was = "; ".join(f"{k} {stored[k]['label']}" for k in changed)
+        now = "; ".join(f"{k} {setup[k]['label']}" for k in changed)
+        raise UsageError(f"study {study.study_name!r} ran with {was}; this run has {now}: its trials would not be "
+                         "comparable on one front (use another --study, or the same settings)")
+
+
+def record_setup(study: optuna.Study, setup: dict[str, dict[str, str]]) -> None:
+    stored = study.user_attrs.get(SETUP_ATTR) or {}
+    if any(k not in stored for k in setup):
+        study.set_user_attr(SETUP_ATTR, {**setup, **stored})
+
+
+def study_uid(study: optuna.Study) -> str:
+    """The study's identity (stored once; a study from before identities gets one now)."""
+    uid = study.user_attrs.get(UID_ATTR)
+    if not uid:
+        if internals.claim_study_key(study, "searchsr:uid"):
+            study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
+        for _ in range(100):
+            uid = study.user_attrs.get(UID_ATTR)
+            if uid:
+                break
+            time.sleep(0.1)
+    return uid

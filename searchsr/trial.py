@@ -22,7 +22,7 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
     import torch
     from ray import tune
 
-    from searchsr.cost import check_fits_training, device_available_bytes
+    from searchsr.memory import check_fits_training, device_available_bytes
     from searchsr.data import load_images
     from searchsr.schedule import load_schedule
     from searchsr.train import resolve_device, train

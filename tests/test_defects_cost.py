@@ -18,8 +18,8 @@ from optuna.trial import create_trial
 from searchsr.arch import build_model
 from searchsr.cli.search import print_front
 from searchsr.config import PRESETS, ArchConfig
-from searchsr.cost import (LatencyStats, arch_cost, check_fits_training, median_ci, prepare_for_timing,
-                           ratio_until_stable, stable_ratio, training_memory)
+from searchsr.cost import LatencyStats, arch_cost, median_ci, prepare_for_timing, ratio_until_stable, stable_ratio
+from searchsr.memory import check_fits_training, training_memory
 from searchsr.errors import UsageError
 from searchsr.figures import axes, figures
 from searchsr.page import render

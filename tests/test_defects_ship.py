@@ -242,8 +242,6 @@ def test_the_report_shows_networks_retrained_earlier(tmp_path: Path) -> None:
     assert shown.frame["run_dir"].iloc[2] == str((tmp_path / "first" / trial_name(1)).resolve())
 
 
-@pytest.mark.xfail(strict=True, reason="needs searchsr.study.trial_run_dir to prefer retrain_results[n]['run_dir'] "
-                                       "(study.py is another engineer's file); drop this marker once it does")
 def test_export_finds_the_weights_of_a_trial_retrained_earlier(tmp_path: Path) -> None:
     from searchsr.study import trial_run_dir
 

@@ -13,7 +13,8 @@ the handlers, so ``searchsr --help`` and ``searchsr front`` start quickly.
 Errors (``searchsr.errors``): a ``SearchsrError`` or an ``OSError`` is one line,
 ``searchsr: error: ...``, with the error's exit code (2 for bad input); an argparse error is the
 same one line, exit 2; anything else is a bug in searchsr: its traceback, exit 1. ``--debug``
-shows the traceback of every error. Ctrl-C (and what a command kept) is one line, exit 130.
+shows the traceback of every error. Ctrl-C (and what a command kept) is one line, exit 130;
+SIGTERM the same, exit 143.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from searchsr.cli import bench, model, search, ship, view
-from searchsr.errors import SearchsrError
+from searchsr.errors import SearchsrError, Terminated
 
 PROG = "searchsr"
 
@@ -55,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # Ray Tune traps Ctrl-C itself; run/retrain re-raise with what was kept
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: interrupted{f': {err}' if str(err) else ''}", file=sys.stderr)
-        return 130
+        what = "terminated" if isinstance(err, Terminated) else "interrupted"
+        print(f"{PROG}: {what}{f': {err}' if str(err) else ''}", file=sys.stderr)
+        return Terminated.exit_code if isinstance(err, Terminated) else 130
     except (SearchsrError, OSError) as err:
         if args.debug:
             traceback.print_exc()

@@ -81,8 +81,8 @@ def _at_least(name: str, value: int, low: int) -> None:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from searchsr.arch import build_model
-    from searchsr.cost import (WARMUP_RUNS, check_fits_memory, count_cost, measure_latency, peak_memory_bytes,
-                               prepare_for_timing)
+    from searchsr.cost import WARMUP_RUNS, count_cost, measure_latency, peak_memory_bytes, prepare_for_timing
+    from searchsr.memory import check_fits_memory
     from searchsr.train import resolve_device
 
     cfg = resolve_arch(args)

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
     p.add_argument("--max-failures", type=int, default=0, help="stop after this many failed trials (0: never)")
+    p.add_argument("--meter-resource", metavar="NAME",
+                   help="time latency on a Ray node with this custom resource (ray start --resources "
+                        "'{\"NAME\": 1}'), so every driver of a study times on the same kind of machine")
     p.add_argument("--stale-after", type=int, default=60, metavar="SECONDS",
                    help="a RUNNING trial without heartbeat this long lost its driver: on the next run it is "
                         "marked FAIL and its parameters re-queued (default: 60)")
@@ -67,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
     p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
     p.add_argument("--bench", action="append", metavar="DIR",
-                   help="benchmark folder scored after training (repeatable)")
+                   help="benchmark folder scored after training (required, repeatable)")
     p.add_argument("--out", required=True, help="output folder (run folders, comparison.csv/.md)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per network (default: 1 where there are GPUs)")
@@ -87,7 +90,7 @@ def settings_from_args(args: argparse.Namespace):
                           enqueue=tuple(options.csv_list(args.enqueue)), cpus_per_trial=args.cpus_per_trial,
                           gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, address=args.address,
                           latency_runs=args.latency_runs, max_failures=args.max_failures,
-                          stale_after=args.stale_after, verbose=args.verbose)
+                          stale_after=args.stale_after, meter_resource=args.meter_resource, verbose=args.verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
