@@ -108,7 +108,7 @@ def check_fits_training(cfg: ArchConfig, batch: int, patch: int, available: int 
     have = available_memory_bytes() if available is None else available
     if need > have:
         raise UsageError(f"nf={cfg.nf}, N={cfg.n_blocks} needs at least {need / 2**30:.1f} GiB to train at batch "
-                         f"{batch} x {patch}x{patch}; {where} has {have / 2**30:.1f} GiB available")
+                         f"{batch} x {patch}x{patch}; {where} has {have / 2**30:.1f} GiB of memory available")
 
 
 def check_fits_memory(cfg: ArchConfig, lr_size: tuple[int, int]) -> None:

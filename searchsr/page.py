@@ -33,7 +33,8 @@ def render(data: ReportData) -> str:
     goals = ", ".join(f"{o.name} ({o.direction})" for o in data.objectives)
     summary = (f"storage {data.storage or '-'}; trials: {states or 'none'}; objectives {goals}; "
                f"{len(front.points)} on the front of {front.complete_trials} complete feasible; "
-               f"hypervolume {front.hypervolume:.6g}; {data.sizes.describe()}; generated {data.created}.")
+               f"hypervolume {front.hypervolume:.6g}; {data.sizes.describe()}; latency yardstick: {data.yardstick}; "
+               f"generated {data.created}.")
     parts = []
     for i, (key, title, what, fig) in enumerate(figures(data)):
         div = pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{key}",

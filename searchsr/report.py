@@ -98,6 +98,7 @@ class ReportData:
     retrain: RetrainTable | None
     created: str
     sizes: InputSizes = InputSizes(LATENCY_LR_SIZE, COST_LR_SIZE)  # LR inputs of latency/memory and FLOPs
+    yardstick: str = "none stored"  # the study's XLITE latency every latency_ms is a multiple of
 
 
 def load_family() -> tuple[FamilyPoint, ...]:
@@ -173,4 +174,11 @@ def compute_report(study: optuna.Study, storage: str = "") -> ReportData:
                       tuple(hypervolume_history(study)), params, compute_importances(study, objectives),
                       load_family(), load_retrain_table(study),
                       datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                      InputSizes.of(r.metrics for r in rows))
+                      InputSizes.of(r.metrics for r in rows), yardstick_text(study))
+
+
+def yardstick_text(study: optuna.Study) -> str:
+    from searchsr.study import YARDSTICK_ATTR, describe_yardstick
+
+    yardstick = study.user_attrs.get(YARDSTICK_ATTR)
+    return describe_yardstick(yardstick) if isinstance(yardstick, dict) else "none stored"

@@ -246,9 +246,10 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             progress.close()
         if progress.too_many_failures():
             cut = searcher.abandon_unfinished(f"stopped by --max-failures {settings.max_failures}")
+            cut_text = f"; {cut} running trial(s) cut, marked FAIL and queued again" if cut else ""
             raise TooManyFailures(f"stopped: {progress.failures} trials failed (--max-failures "
-                                  f"{settings.max_failures}; {cut} running trial(s) cut, marked FAIL and queued "
-                                  "again); see each trial's fail_reason (searchsr front shows what completed)")
+                                  f"{settings.max_failures}){cut_text}; see each trial's fail_reason (searchsr front "
+                                  "shows what completed)")
         if progress.finished < settings.trials:  # Ctrl-C or SIGTERM: Tune stopped the running trials
             why = "terminated (SIGTERM)" if signals.terminated else "interrupted (Ctrl-C)"
             cut = searcher.abandon_unfinished(f"{why} before it finished")

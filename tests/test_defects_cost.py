@@ -29,7 +29,7 @@ from searchsr.schedule import load_schedule
 
 HUGE = ArchConfig(nf=100000, n_blocks=1)
 MESSAGE = re.compile(r"^nf=100000, N=1 needs at least (\d+\.\d) GiB to train at batch 8 x 48x48; "
-                     r"this machine has (\d+\.\d) GiB available$")
+                     r"this machine has (\d+\.\d) GiB of memory available$")
 
 # ------------------------------------------------------------------ 1. training memory
 
@@ -57,7 +57,7 @@ def test_a_network_too_large_to_train_is_refused_without_allocating() -> None:
     need, have = map(float, MESSAGE.match(str(info.value)).groups())
     assert need > 1000 > 24 >= have * 0.9 and grown_mib < 256  # counted on the meta device, nothing allocated
     with pytest.raises(UsageError, match=r"needs at least 0\.3 GiB to train at batch 8 x 48x48; this machine has "
-                                         r"0\.1 GiB available"):
+                                         r"0\.1 GiB of memory available"):
         check_fits_training(PRESETS["xlite"], 8, 48, available=100 * 2**20)
 
 
@@ -183,7 +183,7 @@ def test_printed_front_says_the_input_sizes(capsys: pytest.CaptureFixture) -> No
     study = _sized_study([RECORDED, {}])
     print_front(study)
     out = capsys.readouterr().out.splitlines()
-    assert out[1].startswith(LINE) and "latency_ms" in out[2]
+    assert out[1].startswith(LINE) and out[2] == "latency yardstick: none stored" and "latency_ms" in out[3]
     print_front(study, as_csv=True)
     header = capsys.readouterr().out.splitlines()[0].split(",")
     assert header[-2:] == ["latency_lr_size", "cost_lr_size"] and "latency_ms" in header

@@ -60,6 +60,12 @@ def test_every_run_and_driver_of_a_study_uses_its_stored_yardstick(tmp_path: Pat
         assert t.user_attrs["latency_host"] and t.user_attrs["latency_lr_size"] == "128x128"
     # each driver's own XLITE time of the day is kept too: the drift the yardstick takes out
     assert len({t.user_attrs["xlite_ms_measured"] for t in trials}) >= 2
+    front = _ok(subprocess.run([sys.executable, "-m", "searchsr.cli", "front", "--study", "t", "--storage",
+                                f"sqlite:///{tmp_path}/s.db"], capture_output=True, text=True))
+    assert f"latency yardstick: XLITE {yardstick:.2f} ms at 128x128 LR on " in front.stdout  # where users look
+    from searchsr.report import compute_report
+
+    assert compute_report(study).yardstick.startswith(f"XLITE {yardstick:.2f} ms")
 
 
 def test_a_study_from_before_yardsticks_takes_its_earliest_xlite_time(tmp_path: Path) -> None:

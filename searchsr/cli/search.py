@@ -112,6 +112,7 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 def print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
     from searchsr.pareto import compute_front, front_records, front_sizes, front_table
+    from searchsr.report import yardstick_text
 
     front = compute_front(study)
     if as_json:
@@ -126,6 +127,7 @@ def print_front(study, as_json: bool = False, as_csv: bool = False) -> None:
     print(f"Pareto front of study {study.study_name!r}: {len(front.points)} of {front.complete_trials} "
           f"complete feasible trials; objectives {names}")
     print(sizes.describe())
+    print(f"latency yardstick: {yardstick_text(study)}")
     if not table.empty:
         if "/" not in sizes.latency + sizes.cost:  # one size each: the line above says it
             table = table.drop(columns=["latency_lr_size", "cost_lr_size"])
