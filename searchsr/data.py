@@ -13,6 +13,7 @@ network input is expanded to three channels (``to_tensor``).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
 from collections.abc import Callable
@@ -136,11 +137,50 @@ def _cached_pair(path: str, mtime_ns: int, scale: int) -> ImagePair:
     return make_pair(Path(path).name, read_image(Path(path)), scale, path)
 
 
-def load_folder(folder: str | Path, scale: int) -> ImageSet:
-    """Every image in ``folder`` as (HR, LR) pairs for ``scale``."""
+def load_folder(folder: str | Path, scale: int, paths: list[Path] | None = None, label: str = "") -> ImageSet:
+    """Every image in ``folder`` (or the chosen ``paths`` of it) as (HR, LR) pairs for ``scale``."""
     folder = Path(folder).resolve()
-    pairs = tuple(_cached_pair(str(p), p.stat().st_mtime_ns, scale) for p in list_images(folder))
-    return ImageSet(str(folder), scale, pairs)
+    chosen = list_images(folder) if paths is None else paths
+    pairs = tuple(_cached_pair(str(p), p.stat().st_mtime_ns, scale) for p in chosen)
+    return ImageSet(f"{folder}{label}", scale, pairs)
+
+
+def held_out(paths: list[Path], count: int) -> list[Path]:
+    """The ``count`` images of a folder held out for validation: chosen by a hash of the file name,
+    so the choice is the same on every machine and run, spread over the folder, and does not move
+    when other images are added (an image is held out or not by its own name)."""
+    ranked = sorted(paths, key=lambda p: (hashlib.sha256(p.name.encode()).hexdigest(), p.name))
+    return sorted(ranked[:count])
+
+
+def load_split(train_dir: str | Path | None, val_dir: str | Path | None, scale: int,
+               val_count: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Training and validation images. ``val_count`` > 0 holds that many images of ``train_dir`` out
+    for validation (never trained on) instead of reading ``val_dir``."""
+    if not val_count:
+        return load_images(train_dir, "train", scale), load_images(val_dir, "val", scale)
+    check_val_count(train_dir, val_dir, val_count)
+    paths = list_images(Path(train_dir))
+    val = held_out(paths, val_count)
+    train = [p for p in paths if p not in val]
+    return (load_folder(train_dir, scale, train, f" (minus {val_count} held out)"),
+            load_folder(train_dir, scale, val, f" ({val_count} held out for validation)"))
+
+
+def check_val_count(train_dir: str | Path | None, val_dir: str | Path | None, val_count: int) -> None:
+    """``--val-count`` needs a ``--train-dir`` with more images than it holds out, and no ``--val-dir``."""
+    if val_count < 0:
+        raise UsageError(f"--val-count must be >= 0, got {val_count}")
+    if not val_count:
+        return
+    if train_dir is None:
+        raise UsageError("--val-count holds out images of --train-dir: give --train-dir")
+    if val_dir is not None:
+        raise UsageError("--val-count and --val-dir both choose the validation images: give one")
+    total = len(list_images(Path(train_dir)))
+    if val_count >= total:
+        raise UsageError(f"--val-count {val_count}: --train-dir {train_dir} has {total} image(s), and at least one "
+                         "must stay for training")
 
 
 def load_skimage(split: str, scale: int) -> ImageSet:

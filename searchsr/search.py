@@ -8,7 +8,11 @@ The job in four parts, each a module readable on its own:
     one trial                   searchsr.trial, searchsr.meter     (Ray side: train, score, cost)
     this driver loop            settings -> study -> searcher -> Tune -> what was kept
 
-``SearchSettings`` validates itself (``check``) before any storage, folder or Ray is touched.
+``SearchSettings`` validates itself (``check``) before any storage, folder or Ray is touched, and
+``check_continuation`` refuses, before anything is written, what would make a continued study's
+trials incomparable (another schedule, data or space) or mix two studies' run folders. Then the
+study's latency yardstick is settled (``searchsr.study``), the trials run, and Ctrl-C, SIGTERM or
+``--max-failures`` cut the running trials cleanly: FAIL with the reason, re-queued.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class SearchSettings:
     schedule: str = "short"
     train_dir: str | None = None
     val_dir: str | None = None
+    val_count: int = 0  # > 0: hold out that many images of train_dir for validation (searchsr.data.held_out)
     runs_dir: str | Path = "studies/runs"
     enqueue: tuple[str, ...] = ()  # paper presets to queue (the CLI's default: xlite)
     cpus_per_trial: int = 1
@@ -72,6 +77,7 @@ class SearchSettings:
 
     def check(self) -> None:
         """Every argument, folder, image and preset, checked up front: UsageError, nothing written."""
+        from searchsr.data import check_val_count
         from searchsr.files import check_writable_dir
         from searchsr.raysession import check_address
         from searchsr.schedule import load_schedule
@@ -90,7 +96,9 @@ class SearchSettings:
         check_address(self.address)
         check_writable_dir(self.runs_root, label=f"--runs-dir: {self.runs_root}")
         schedule = load_schedule(self.schedule)
-        check_images(self.train_dir, self.val_dir, space_scales(self.space), schedule.patch_size)
+        check_val_count(self.train_dir, self.val_dir, self.val_count)
+        check_images(self.train_dir, self.val_dir or (self.train_dir if self.val_count else None),
+                     space_scales(self.space), schedule.patch_size)
         preset_params(self.space, self.enqueue)
 
     def setup(self) -> dict[str, dict[str, str]]:
@@ -102,7 +110,8 @@ class SearchSettings:
         return {"schedule": {"label": self.schedule, "key": _digest(repr({k: v for k, v in schedule.to_dict().items()
                                                                           if k != "name"}))},
                 "train data": _data_fingerprint(self.train_dir, "train"),
-                "validation data": _data_fingerprint(self.val_dir, "val"),
+                "validation data": (_data_fingerprint(self.val_dir, "val") if not self.val_count else
+                                    _held_out_fingerprint(self.train_dir, self.val_count)),
                 "space": {"label": self.space.source, "key": _digest(repr(sorted(self.space.params.items())))}}
 
     def worker_config(self) -> dict[str, Any]:
@@ -112,7 +121,8 @@ class SearchSettings:
         from searchsr.schedule import schedule_for_workers
 
         return {"schedule": schedule_for_workers(self.schedule), "train_dir": for_workers(self.train_dir),
-                "val_dir": for_workers(self.val_dir), "runs_root": for_workers(self.runs_root), "seed": self.seed,
+                "val_dir": for_workers(self.val_dir), "val_count": self.val_count,
+                "runs_root": for_workers(self.runs_root), "seed": self.seed,
                 "cpus_per_trial": self.cpus_per_trial}
 
 
@@ -128,6 +138,13 @@ def _data_fingerprint(folder: str | None, split: str) -> dict[str, str]:
         return {"label": f"the embedded scikit-image photos ({split} split)", "key": f"skimage-{split}"}
     files = [(p.name, p.stat().st_size) for p in list_images(Path(folder))]
     return {"label": f"{folder} ({len(files)} images)", "key": _digest(repr(files))}
+
+
+def _held_out_fingerprint(folder: str, count: int) -> dict[str, str]:
+    from searchsr.data import held_out, list_images
+
+    files = [(p.name, p.stat().st_size) for p in held_out(list_images(Path(folder)), count)]
+    return {"label": f"{count} image(s) held out of {folder}", "key": _digest(repr(files))}
 
 
 def plan_concurrency(requested: int, cpus: int, cpus_per_trial: int) -> tuple[int, str | None]:

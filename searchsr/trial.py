@@ -23,7 +23,7 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
     from ray import tune
 
     from searchsr.memory import check_fits_training, device_available_bytes
-    from searchsr.data import load_images
+    from searchsr.data import load_split
     from searchsr.schedule import load_schedule
     from searchsr.train import resolve_device, train
 
@@ -38,8 +38,8 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
         # refused up front (counted on the meta device) rather than OOM-killed, and re-queued, mid-training
         check_fits_training(cfg, schedule.batch_size, schedule.patch_size, device_available_bytes(device),
                             where="this machine" if device.type == "cpu" else f"this machine's {device}")
-        train_set = load_images(config["train_dir"], "train", cfg.scale)
-        val_set = load_images(config["val_dir"], "val", cfg.scale)
+        train_set, val_set = load_split(config["train_dir"], config["val_dir"], cfg.scale,
+                                        config.get("val_count", 0))
         result = train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
                        resume=(run_dir / CONFIG_FILE).is_file(), progress=False)
         costs = ray.get(meter.measure.remote(cfg.to_dict()))

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="smoke, short (search proxy), medium, full (the paper's) or a YAML file (default: short)")
     p.add_argument("--train-dir", help="folder of HR training images (default: embedded skimage photos)")
     p.add_argument("--val-dir", help="folder of HR validation images (default: embedded skimage photos)")
+    p.add_argument("--val-count", type=int, default=0, metavar="K",
+                   help="hold out K images of --train-dir for validation, chosen by file name (instead of "
+                        "--val-dir; default: 0)")
     p.add_argument("--out", required=True, help="run folder; must be new or empty unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--seed", type=int, default=0, help="initialisation and patch sampling seed (default: 0)")
@@ -123,7 +126,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from searchsr.data import load_images
+    from searchsr.data import load_split
     from searchsr.evaluate import check_tile
     from searchsr.schedule import load_schedule
     from searchsr.train import train
@@ -131,8 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve_arch(args)
     check_tile(args.tile)
     schedule = load_schedule(args.schedule)
-    train_set = load_images(args.train_dir, "train", cfg.scale)
-    val_set = load_images(args.val_dir, "val", cfg.scale)
+    train_set, val_set = load_split(args.train_dir, args.val_dir, cfg.scale, args.val_count)
     command = {k: v for k, v in vars(args).items() if k not in ("func", "debug")}
     result = train(cfg, schedule, train_set, val_set, args.out, seed=args.seed, resume=args.resume,
                    progress=not args.no_progress, device=args.device, amp=args.amp, tile=args.tile,

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", default="short", help="training schedule per trial (default: short)")
     p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
     p.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
+    p.add_argument("--val-count", type=int, default=0, metavar="K",
+                   help="hold out K images of --train-dir as the validation set, chosen by file name, so the "
+                        "search never scores on what it trains on (instead of --val-dir; default: 0)")
     p.add_argument("--enqueue", default="xlite", help="paper presets to put in the study, e.g. lite,xlite "
                                                       "(default: xlite; '' for none)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (default: 0)")
@@ -86,7 +89,8 @@ def settings_from_args(args: argparse.Namespace):
     return SearchSettings(space=load_space(args.space), objectives=parse_objectives(args.objectives),
                           constraints=parse_constraints(args.constraint), trials=args.trials, study=args.study,
                           storage=args.storage, sampler=args.sampler, seed=args.seed, schedule=args.schedule,
-                          train_dir=args.train_dir, val_dir=args.val_dir, runs_dir=args.runs_dir,
+                          train_dir=args.train_dir, val_dir=args.val_dir, val_count=args.val_count,
+                          runs_dir=args.runs_dir,
                           enqueue=tuple(options.csv_list(args.enqueue)), cpus_per_trial=args.cpus_per_trial,
                           gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, address=args.address,
                           latency_runs=args.latency_runs, max_failures=args.max_failures,
