@@ -91,3 +91,14 @@ def test_export_finds_weights_retrained_under_the_old_folder_name(tmp_path: Path
     (tmp_path / "retrained" / "trial_00000").mkdir()
     (tmp_path / "retrained" / "trial_00000" / "weights.safetensors").write_bytes(b"")
     assert trial_run_dir(study, 0) == tmp_path / "retrained" / "trial_00000"
+
+
+def test_run_ends_with_the_next_commands_on_that_study() -> None:
+    from searchsr.cli.search import next_steps
+
+    default = next_steps("searchsr", "sqlite:///studies/searchsr.db")
+    assert "searchsr report --study searchsr --out dashboards/searchsr.html" in default
+    assert "--storage" not in default and "retrain --study searchsr --front --bench DIR" in default
+    other = next_steps("x", "postgresql+psycopg://u:secret@h/db")
+    assert "secret" not in other and "dashboard --study x --storage 'postgresql+psycopg://u:***@h/db'" in other
+    assert "export --study x --storage 'postgresql+psycopg://u:***@h/db' --trial K" in other

@@ -37,6 +37,7 @@ def test_run_records_everything_and_continues(tmp_path: Path) -> None:
     first = _searchsr(*_run_args(tmp_path, 4))
     assert first.returncode == 0, first.stderr[-2000:]
     assert "Pareto front of study 't'" in first.stdout and "hypervolume" in first.stdout
+    assert "next:\n  searchsr report --study t --storage" in first.stdout  # what to run on it next
     assert "Traceback" not in first.stderr
     assert "0 trial(s) so far, 4 new (1 queued first)" in first.stderr  # the queued XLITE has not run yet
     study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))

@@ -101,8 +101,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from searchsr.search import run_search
 
     options.quiet_optuna()
-    print_front(run_search(settings_from_args(args)))
+    settings = settings_from_args(args)
+    print_front(run_search(settings))
+    print(next_steps(settings.study, settings.storage))
     return 0
+
+
+def next_steps(study: str, storage: str) -> str:
+    """What a user runs next on a study, ready to copy (the storage's password masked)."""
+    from searchsr.defaults import DEFAULT_STORAGE
+    from searchsr.storage import mask_url
+
+    where = f"--study {study}" + ("" if storage == DEFAULT_STORAGE else f" --storage '{mask_url(storage)}'")
+    return ("next:\n"
+            f"  searchsr report {where} --out dashboards/{study}.html\n"
+            f"  searchsr dashboard {where}\n"
+            f"  searchsr retrain {where} --front --bench DIR --out runs/retrain-{study}\n"
+            f"  searchsr export {where} --trial K --out exported/{study}-K")
 
 
 def cmd_front(args: argparse.Namespace) -> int:
