@@ -282,15 +282,17 @@ def run_search(settings: SearchSettings) -> optuna.Study:
 def check_continuation(storage: Any, settings: SearchSettings, setup: dict[str, dict[str, str]]) -> None:
     """Before anything is written: a study continued with another schedule, data or space is refused,
     and so is a runs folder that holds another study's trials (a deleted storage, another --storage)."""
+    from searchsr.files import read_json
     from searchsr.storage import study_names
     from searchsr.study import UID_ATTR, check_setup
 
+    marker = settings.runs_root / RUNS_MARKER  # read first: a driver starting alongside writes it only after
+    data = read_json(marker) if marker.is_file() else {}  # its study and uid exist
+    owner = data.get("uid") if isinstance(data, dict) else None
     study = optuna.load_study(study_name=settings.study, storage=storage) \
         if settings.study in study_names(storage) else None
     if study is not None:
         check_setup(study, setup)
-    marker = settings.runs_root / RUNS_MARKER
-    owner = json.loads(marker.read_text()).get("uid") if marker.is_file() else None
     if owner is not None:
         foreign = owner != (study.user_attrs.get(UID_ATTR) if study is not None else None)
     else:  # no marker: a new study must not inherit trial folders; an older study adopts its own
