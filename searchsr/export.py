@@ -43,10 +43,10 @@ from searchsr.bundle import (ARCH_FILE, CARD_JSON, CARD_MD, CORE_MASK, INPUT_NAM
 from searchsr.card import make_card, render_card
 from searchsr.config import ArchConfig
 from searchsr.deploy import Clamped, TiledGraph, deployable, se_input_means
-from searchsr.errors import UsageError, VerificationError, first_line
+from searchsr.errors import UsageError, VerificationError
 from searchsr.evaluate import context_radius, tiles
 from searchsr.files import check_new_or_empty_dir, read_json, umask
-from searchsr.runs import CONFIG_FILE, RESULT_FILE
+from searchsr.runs import CONFIG_FILE, RESULT_FILE, read_run_config
 
 FORMATS = ("yaml", "safetensors", "onnx", "torchscript")
 TOLERANCE = 1e-4  # max |ONNX/TorchScript - PyTorch| on [0, 1] outputs
@@ -59,23 +59,12 @@ VERIFY_TILE = 48  # LR pixels: the verification photos span several tiles
 def load_run(run_dir: str | Path) -> tuple[ArchConfig, MobileSR, dict[str, Any]]:
     """Architecture, final weights and provenance of a finished ``searchsr train`` run folder.
 
-    Like ``searchsr.train.load_trained`` but every bad input (missing, truncated or tampered
-    files) is a one-line ``ValueError``, and the run's config/result come back for the card.
+    The folder is checked by ``searchsr.runs.read_run_config`` and the weights by
+    ``searchsr.bundle.load_weights`` (keys, shapes, finiteness): every bad input is one line; the
+    run's config/result come back for the card.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: no such run folder")
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise UsageError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
-    if not (run_dir / WEIGHTS_FILE).is_file():
-        raise UsageError(f"{run_dir}: no {WEIGHTS_FILE}: training has not finished (resume it with --resume)")
-    config = read_json(run_dir / CONFIG_FILE)
-    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
-        raise UsageError(f"{run_dir / CONFIG_FILE}: no 'arch' mapping")
-    try:
-        cfg = ArchConfig.from_dict(config["arch"])
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"{run_dir / CONFIG_FILE}: {first_line(err)}") from None
+    config, cfg = read_run_config(run_dir)
     cfg, model = load_weights(run_dir / WEIGHTS_FILE, cfg)
     return cfg, model, run_provenance(run_dir, config)
 

@@ -12,6 +12,11 @@ the trial, reads it: the worker never touches the study's storage).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from searchsr.config import ArchConfig
+from searchsr.errors import UsageError, first_line
+from searchsr.files import read_json
 
 CONFIG_FILE = "config.json"  # what the run is (searchsr.train); resume checks it
 METRICS_FILE = "metrics.csv"  # loss, lr and validation scores over steps
@@ -28,6 +33,25 @@ def trial_name(number: int) -> str:
 
 def trial_dir(root: str | Path, number: int) -> Path:
     return Path(root) / trial_name(number)
+
+
+def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], ArchConfig]:
+    """The config of a *finished* run folder and its architecture; anything missing, unfinished or
+    damaged is a one-line UsageError (``eval --checkpoint``, ``export --checkpoint``, retrain)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run folder")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise UsageError(f"{run_dir}: no {WEIGHTS_FILE}: training has not finished (resume it with --resume)")
+    config = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
+        raise UsageError(f"{run_dir / CONFIG_FILE}: no 'arch' mapping: not a run's config")
+    try:
+        return config, ArchConfig.from_dict(config["arch"])
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{run_dir / CONFIG_FILE}: {first_line(err)}") from None
 
 
 def existing_trial_dir(root: str | Path, number: int) -> Path:

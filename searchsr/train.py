@@ -49,7 +49,7 @@ from searchsr.defaults import DEFAULT_TILE
 from searchsr.errors import DivergedError, UsageError, first_line
 from searchsr.evaluate import EvalResult, bicubic_upscaler, check_scorable, evaluate, model_upscaler
 from searchsr.files import atomic_write, check_new_or_empty_dir, read_json
-from searchsr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, WEIGHTS_FILE
+from searchsr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, RESULT_FILE, WEIGHTS_FILE, read_run_config
 from searchsr.schedule import Schedule
 
 # The run folder's files (see the module docstring).
@@ -198,17 +198,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 def load_trained(run_dir: str | Path) -> tuple[ArchConfig, MobileSR]:
     """The architecture and final weights of a finished run (``searchsr eval --checkpoint``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise UsageError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
-    if not (run_dir / WEIGHTS_FILE).is_file():
-        raise UsageError(f"{run_dir}: no {WEIGHTS_FILE}: training has not finished (resume it with --resume)")
-    config = read_json(run_dir / CONFIG_FILE)
-    if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
-        raise UsageError(f"{run_dir / CONFIG_FILE}: no 'arch' mapping: not a run's config")
-    cfg = ArchConfig.from_dict(config["arch"])
+    _, cfg = read_run_config(run_dir)
     model = build_model(cfg)
-    model.load_state_dict(load_file(run_dir / WEIGHTS_FILE))
+    model.load_state_dict(load_file(Path(run_dir) / WEIGHTS_FILE))
     return cfg, model.eval()
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from optuna.trial import TrialState
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -38,3 +45,20 @@ def session_processes(session: int) -> dict[int, bytes]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def wait_mid_study(states: Callable[[], list[Any]], driver: subprocess.Popen, seconds: float = 240) -> None:
+    """Wait until a study has completed and running trials at once (the moment a crash hurts most);
+    ``states`` reads the trial states (an empty list while the study does not exist yet). On timeout
+    the driver (and its session, if it leads one) is killed and the test fails."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = states()
+        if TrialState.COMPLETE in found and TrialState.RUNNING in found:
+            return
+        time.sleep(0.3)
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        driver.kill()
+    pytest.fail("the study never had completed and running trials at once")

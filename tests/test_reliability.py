@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import session_processes
+from conftest import session_processes, wait_mid_study
 from searchsr.storage import load_study, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,15 +34,7 @@ def _states(tmp: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def _wait_for_completed_and_running(tmp: Path, driver: subprocess.Popen) -> None:
-    """Mid-study: some trials done and some in flight (the moment a crash hurts most)."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        trials = _states(tmp)
-        if any(t.state == TrialState.COMPLETE for t in trials) and any(t.state == TrialState.RUNNING for t in trials):
-            return
-        time.sleep(0.3)
-    os.killpg(driver.pid, signal.SIGKILL)
-    pytest.fail("the study never had completed and running trials at once")
+    wait_mid_study(lambda: [t.state for t in _states(tmp)], driver)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
+from conftest import wait_mid_study
 from searchsr.storage import load_study, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,17 +85,12 @@ def test_a_study_from_before_yardsticks_takes_its_earliest_xlite_time(tmp_path: 
 
 
 def _wait_mid_study(tmp: Path, driver: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    def states() -> list[TrialState]:
         try:
-            states = [t.state for t in _trials(tmp)]
-        except ValueError:
-            states = []
-        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-            return
-        time.sleep(0.3)
-    os.killpg(driver.pid, signal.SIGKILL)
-    pytest.fail("the study never had completed and running trials at once")
+            return [t.state for t in _trials(tmp)]
+        except ValueError:  # the study does not exist yet
+            return []
+    wait_mid_study(states, driver)
 
 
 @pytest.mark.slow
