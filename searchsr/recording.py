@@ -13,6 +13,12 @@ pitfall:
   each trial records its ``driver`` (host, pid, start time) so a dead local driver is seen at once.
 * Ctrl-C. ``abandon_unfinished`` fails and re-queues the trials cut short at once, rather than
   leaving them RUNNING until their heartbeat goes stale.
+* Three endings, told by the result's ``kind`` (``searchsr.trial``): a ``final`` result is COMPLETE;
+  an ``infeasible`` one (a constraint broken by the costs, never trained) and a trial the early-stopping
+  scheduler stopped at a rung (``searchsr.rungs``) are PRUNED, with their costs and constraints, so
+  they stay off the front (COMPLETE trials only) and TPE still counts them as infeasible or worse.
+  Ray's ``OptunaSearch`` would tell a stopped trial COMPLETE with its partial values. A trial cut
+  short with only rung results (Ctrl-C) is left to ``abandon_unfinished``.
 """
 
 from __future__ import annotations
@@ -26,17 +32,19 @@ from typing import Any
 import optuna
 
 from searchsr import internals
+from searchsr.halving import STOPPED_ATTR
 from searchsr.objectives import Constraint, Objective, set_constraints
 from searchsr.runs import failure_reason, trial_dir
 from searchsr.space import SearchSpace, sample_values
 from searchsr.study import driver_identity, fail_stale_trials, requeue
+from searchsr.trial import FINAL, INFEASIBLE
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
                "xlite_ms_measured", "latency_ratio_ci_low", "latency_ratio_ci_high", "latency_ratio_converged",
                "latency_rounds", "latency_ratio_bound",
                "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
 INFO_KEYS = ("schedule", "host", "node_id", "device", "latency_host", "latency_threads", "latency_lr_size",
-             "cost_lr_size")
+             "cost_lr_size", INFEASIBLE)
 STALE_CHECK_S = 10  # how often a driver looks for trials other drivers lost, between its own trials
 
 
@@ -53,13 +61,15 @@ def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, const
             ot_trial.set_user_attr(key, result[key])
     if "arch_json" in result:  # Tune flattens nested dicts in results, so the arch travels as JSON
         ot_trial.set_user_attr("arch", json.loads(result["arch_json"]))
-    set_constraints(ot_trial, constraints, result)
+    set_constraints(ot_trial, [c for c in constraints if c.metric in result], result)  # psnr: once trained
 
 
 def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...],
-                  constraints: tuple[Constraint, ...], runs_root: Path, common: dict[str, Any]):
+                  constraints: tuple[Constraint, ...], runs_root: Path, common: dict[str, Any],
+                  stopped: dict[str, int] | None = None):
     """Ray's OptunaSearch on our study, recording attributes and heartbeats on the driver. Each trial's
-    config is its sampled ``arch``, its ``number`` in the study and ``common`` (what every trial needs)."""
+    config is its sampled ``arch``, its ``number`` in the study and ``common`` (what every trial needs).
+    ``stopped`` is the early-stopping scheduler's record of the trials it stopped (Tune id -> rung step)."""
     from ray.tune.search.optuna import OptunaSearch
 
     driver = driver_identity()
@@ -104,11 +114,26 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                 internals.study_storage(self.study).record_heartbeat(internals.trial_id(ot_trial))
             return config
 
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            """Rung results are the scheduler's (``searchsr.rungs``); Optuna's ``Trial.report`` is not used."""
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = internals.searcher_trials(self).get(trial_id)
-            if ot_trial is not None and trial_id not in internals.searcher_completed(self):
-                record_trial(ot_trial, result, error, constraints, runs_root)
-            super().on_trial_complete(trial_id, result=result if not error else None, error=error)
+            done = internals.searcher_completed(self)
+            if ot_trial is None or trial_id in done:
+                return
+            kind = (result or {}).get("kind")
+            at_rung = (stopped or {}).get(trial_id)
+            if not error and kind != FINAL and at_rung is None and kind != INFEASIBLE:
+                return  # cut short (Ctrl-C, --max-failures): abandon_unfinished fails and re-queues it
+            record_trial(ot_trial, result, error, constraints, runs_root)
+            if error or kind == FINAL:
+                super().on_trial_complete(trial_id, result=result if not error else None, error=error)
+                return
+            if at_rung is not None:
+                ot_trial.set_user_attr(STOPPED_ATTR, at_rung)
+            self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            done.add(trial_id)
 
         def abandon_unfinished(self, reason: str) -> int:
             """Trials cut short (Ctrl-C): FAIL with ``reason`` and re-queued now, not after --stale-after."""

@@ -32,9 +32,13 @@ import ray
 from searchsr.config import ArchConfig
 from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY
 from searchsr.errors import NothingCompleted, Terminated, TooManyFailures, UsageError
+from searchsr.halving import DEFAULT_ETA, default_first_rung, rung_steps
 from searchsr.objectives import Constraint, Objective
 from searchsr.space import SearchSpace
 from searchsr.storage import STALE_AFTER_S, check_study_name, mask_url, open_storage
+
+
+EARLY_STOP = ("none", "pareto")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class SearchSettings:
     max_failures: int = 0  # 0: never stop because trials fail
     meter_resource: str | None = None  # a Ray node resource: the latency meter runs on such a node
     stale_after: int = STALE_AFTER_S  # seconds without heartbeat before a RUNNING trial counts as lost
+    early_stop: str = "none"  # "pareto": Pareto successive halving (searchsr.rungs)
+    eta: int = DEFAULT_ETA  # early stopping keeps the top 1/eta at each rung
+    first_rung: int = 0  # 0: halving.default_first_rung(schedule steps, eta)
     verbose: bool = False
 
     @property
@@ -75,6 +82,18 @@ class SearchSettings:
     def all_constraints(self) -> tuple[Constraint, ...]:
         return self.space.constraints + self.constraints
 
+    def rungs(self) -> tuple[int, ...]:
+        """The steps at which early stopping may stop a trial; none without early stopping."""
+        from searchsr.schedule import load_schedule
+
+        if self.early_stop == "none":
+            return ()
+        steps = load_schedule(self.schedule).steps
+        try:
+            return rung_steps(steps, self.first_rung or default_first_rung(steps, self.eta), self.eta)
+        except ValueError as err:
+            raise UsageError(f"--first-rung/--eta: {err}") from None
+
     def check(self) -> None:
         """Every argument, folder, image and preset, checked up front: UsageError, nothing written."""
         from searchsr.data import check_val_count
@@ -85,17 +104,21 @@ class SearchSettings:
 
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.early_stop not in EARLY_STOP:
+            raise UsageError(f"--early-stop must be one of {', '.join(EARLY_STOP)}, got {self.early_stop!r}")
         for name, value, low in (("--trials", self.trials, 1), ("--cpus-per-trial", self.cpus_per_trial, 1),
                                  ("--concurrency", self.concurrency, 0), ("--seed", self.seed, 0),
                                  ("--max-failures", self.max_failures, 0), ("--stale-after", self.stale_after, 2),
                                  ("--latency-runs", self.latency_runs, 1),
-                                 ("--gpus-per-trial", self.gpus_per_trial, 0)):
+                                 ("--gpus-per-trial", self.gpus_per_trial, 0), ("--eta", self.eta, 2),
+                                 ("--first-rung", self.first_rung, 0)):
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
         check_study_name(self.study)
         check_address(self.address)
         check_writable_dir(self.runs_root, label=f"--runs-dir: {self.runs_root}")
         schedule = load_schedule(self.schedule)
+        self.rungs()
         check_val_count(self.train_dir, self.val_dir, self.val_count)
         check_images(self.train_dir, self.val_dir or (self.train_dir if self.val_count else None),
                      space_scales(self.space), schedule.patch_size)
@@ -123,7 +146,8 @@ class SearchSettings:
         return {"schedule": schedule_for_workers(self.schedule), "train_dir": for_workers(self.train_dir),
                 "val_dir": for_workers(self.val_dir), "val_count": self.val_count,
                 "runs_root": for_workers(self.runs_root), "seed": self.seed,
-                "cpus_per_trial": self.cpus_per_trial}
+                "cpus_per_trial": self.cpus_per_trial, "rungs": list(self.rungs()),
+                "constraints": [str(c) for c in self.all_constraints]}
 
 
 def _digest(text: str) -> str:
@@ -185,15 +209,20 @@ def check_images(train_dir: str | None, val_dir: str | None, scales: list[int], 
 
 
 def _describe_done(objectives: tuple[Objective, ...]):
-    import json
+    from searchsr.trial import INFEASIBLE, RUNG
 
     def describe(trial: Any) -> str:
         r = trial.last_result or {}
-        values = ", ".join(f"{o.key}={r[o.key]:.4g}" for o in objectives if o.key in r)
-        arch = json.loads(r.get("arch_json", "{}"))
-        retry = trial.config.get("retry_of")
-        return (f"trial {trial.config.get('number')}{f' (retry of {retry})' if retry is not None else ''}: "
-                f"nf={arch.get('nf')} N={arch.get('n_blocks')} {values} ({r.get('trial_seconds', 0):.0f} s)")
+        arch, retry = trial.config.get("arch", {}), trial.config.get("retry_of")
+        head = (f"trial {trial.config.get('number')}{f' (retry of {retry})' if retry is not None else ''}: "
+                f"nf={arch.get('nf')} N={arch.get('n_blocks')}")
+        costs = ", ".join(f"{o.key}={r[o.key]:.4g}" for o in objectives if o.key in r)
+        if r.get("kind") == INFEASIBLE:
+            return f"{head} infeasible, not trained: {r[INFEASIBLE]}"
+        if r.get("kind") == RUNG:
+            return (f"{head} stopped at step {r['rung_step']}: psnr {r['rung_psnr']:.4g} there, {costs} "
+                    f"({r.get('train_seconds', 0):.0f} s of training)")
+        return f"{head} {costs} ({r.get('trial_seconds', 0):.0f} s)"
     return describe
 
 
@@ -212,6 +241,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     from searchsr.raysession import (TrialProgress, check_resources, cluster_cpus, ray_session, sigterm_as_interrupt,
                                      start_meter)
     from searchsr.recording import make_searcher
+    from searchsr.rungs import ParetoHalving
+    from searchsr.schedule import load_schedule
     from searchsr.runs import ray_dir
     from searchsr.study import (describe_yardstick, enqueue_presets, prepare_study, record_setup, settle_yardstick,
                                 study_uid)
@@ -241,16 +272,24 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         for line in (note, first_time, f"latency yardstick: {describe_yardstick(yardstick)}"):
             if line:
                 say(line)
+        halving = ParetoHalving(study, settings.objectives, settings.eta, load_schedule(settings.schedule).steps) \
+            if settings.early_stop == "pareto" else None
+        if halving is not None:
+            say(f"early stopping: Pareto successive halving at steps {', '.join(map(str, settings.rungs()))} "
+                f"(top 1/{settings.eta} of each rung go on)")
         searcher = make_searcher(study, settings.space, settings.objectives, settings.all_constraints,
-                                 settings.runs_root.resolve(), settings.worker_config())
+                                 settings.runs_root.resolve(), settings.worker_config(),
+                                 halving.stopped if halving is not None else None)
         progress = TrialProgress(settings.trials, "trial", _describe_done(settings.objectives), _describe_error,
                                  settings.max_failures)
+        # Rung and infeasible results carry no PSNR; the searcher never tells them as objective values.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         trainable = tune.with_resources(tune.with_parameters(run_trial, meter=meter),
                                         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                                        num_samples=settings.trials, reuse_actors=False),
+                                        num_samples=settings.trials, reuse_actors=False, scheduler=halving),
             run_config=tune.RunConfig(name=f"{settings.study}-{int(time.time())}-{os.getpid()}",
                                       storage_path=str(ray_dir(settings.runs_root)),
                                       verbose=2 if settings.verbose else 0, callbacks=[progress.callback],
@@ -273,6 +312,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             message = (f"{progress.finished} of {settings.trials} new trials finished and are saved; {cut} cut short "
                        "are marked FAIL and queued again for the next run")
             raise Terminated(message) if signals.terminated else KeyboardInterrupt(message)
+        if halving is not None and halving.summary():
+            say(halving.summary())
         if progress.failures == settings.trials:
             raise NothingCompleted(f"none of the {settings.trials} new trials completed: each FAILED (see the lines "
                                    "above, or each trial's fail_reason)")

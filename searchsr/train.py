@@ -31,6 +31,7 @@ import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,16 @@ LR_GAMMA = 0.5  # "halved at steps [...]"
 
 
 @dataclass(frozen=True)
+class Rung:
+    """The validation scores at one rung step (``train``'s ``rungs``), and the training seconds spent to it."""
+
+    step: int
+    psnr: float  # PSNR-Y on the validation images
+    ssim: float
+    train_seconds: float
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """A run's outcome; ``val`` is None when stopped early with ``until``."""
 
@@ -65,6 +76,7 @@ class TrainResult:
     step: int
     finished: bool
     seconds: float  # wall time of this call: training, validation, cost
+    train_seconds: float  # the same over every call that led to ``step`` (a resumed run counts its earlier part)
     loss: float  # mean L1 over the last log_every steps (of this call)
     val: EvalResult | None
     bicubic: EvalResult | None  # the same validation images upscaled by bicubic
@@ -163,21 +175,25 @@ def _rewind_metrics(path: Path, step: int) -> None:
 
 
 def save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> None:
-    """Write model, Adam and schedule state to one safetensors file, replaced atomically."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                    seconds: float = 0.0) -> None:
+    """Write model, Adam and schedule state to one safetensors file, replaced atomically; ``seconds``
+    is the training time spent up to ``step`` (over all calls that led there)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         tensors.update({f"optimizer.{index}.{k}": v for k, v in state.items()})
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "milestones"}  # from the schedule
-    meta = {"step": step, "param_groups": opt["param_groups"], "scheduler": sched, "scaler": scaler.state_dict()}
+    meta = {"step": step, "seconds": seconds, "param_groups": opt["param_groups"], "scheduler": sched, "scaler": scaler.state_dict()}
     atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                             metadata={"state": json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> int:
-    """Restore what ``save_checkpoint`` wrote; returns the step to continue from."""
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler
+                    ) -> tuple[int, float]:
+    """Restore what ``save_checkpoint`` wrote; returns the step to continue from and the training
+    seconds spent up to it."""
     try:
         tensors = load_file(path)
         with safe_open(path, "pt") as f:
@@ -193,7 +209,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     scaler.load_state_dict(meta["scaler"])
-    return int(meta["step"])
+    return int(meta["step"]), float(meta.get("seconds", 0.0))
 
 
 def load_trained(run_dir: str | Path) -> tuple[ArchConfig, MobileSR]:
@@ -228,11 +244,14 @@ def _validate(model: nn.Module, val_set: ImageSet, tile: int) -> EvalResult:
 def train(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: ImageSet, out_dir: str | Path, *,
           seed: int = 0, resume: bool = False, until: int | None = None, progress: bool = True,
           device: str | None = None, amp: bool = False, tile: int = DEFAULT_TILE,
-          command: dict[str, Any] | None = None) -> TrainResult:
+          command: dict[str, Any] | None = None, rungs: Sequence[int] = (),
+          on_rung: Callable[[Rung], None] | None = None) -> TrainResult:
     """Train ``cfg`` on ``train_set``, validate on ``val_set``, and fill ``out_dir``.
 
     Everything is checked before the folder is touched. ``until`` stops after that
-    step with a checkpoint (a later ``resume=True`` call continues from it).
+    step with a checkpoint (a later ``resume=True`` call continues from it). At each step
+    of ``rungs`` (before the last) the network is validated, checkpointed, and ``on_rung``
+    called with the scores: it may block (a scheduler deciding) or stop the process.
     """
     start_time = time.perf_counter()
     out_dir, dev = Path(out_dir), resolve_device(device)
@@ -248,11 +267,15 @@ def train(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: Ima
     optimizer = torch.optim.Adam(model.parameters(), lr=schedule.lr, betas=schedule.betas)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), gamma=LR_GAMMA)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp)
-    step = 0
+    step, spent = 0, 0.0  # spent: training seconds of earlier calls, up to ``step``
     if resume:
         if (out_dir / CHECKPOINT_FILE).is_file():
-            step = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, scaler)
+            step, spent = load_checkpoint(out_dir / CHECKPOINT_FILE, model, optimizer, scheduler, scaler)
         _rewind_metrics(out_dir / METRICS_FILE, step)
+    rung_steps = {s for s in rungs if step < s < schedule.steps}
+
+    def seconds() -> float:
+        return spent + time.perf_counter() - start_time
 
     stop = schedule.steps if until is None else until
     recent: deque[float] = deque(maxlen=schedule.log_every)
@@ -272,11 +295,17 @@ def train(cfg: ArchConfig, schedule: Schedule, train_set: ImageSet, val_set: Ima
             if schedule.val_every and step % schedule.val_every == 0 and step < schedule.steps:
                 val = _validate(model, val_set, tile)
                 _append_metrics(out_dir / METRICS_FILE, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
-            if schedule.checkpoint_every and step % schedule.checkpoint_every == 0 or step == until:
-                save_checkpoint(out_dir / CHECKPOINT_FILE, step, model, optimizer, scheduler, scaler)
+            if step in rung_steps:
+                val = _validate(model, val_set, tile)
+                _append_metrics(out_dir / METRICS_FILE, step=step, val_psnr_y=val.psnr_y, val_ssim_y=val.ssim_y)
+            if schedule.checkpoint_every and step % schedule.checkpoint_every == 0 or step in (until, *rung_steps):
+                save_checkpoint(out_dir / CHECKPOINT_FILE, step, model, optimizer, scheduler, scaler, seconds())
+            if step in rung_steps and on_rung is not None:
+                on_rung(Rung(step, val.psnr_y, val.ssim_y, seconds()))
 
     cost = count_cost(model, (256, 256))
-    common = dict(out_dir=str(out_dir), step=step, loss=sum(recent) / len(recent) if recent else math.nan,
+    common = dict(out_dir=str(out_dir), step=step, train_seconds=seconds(),
+                  loss=sum(recent) / len(recent) if recent else math.nan,
                   params=cost.params, flops=cost.flops, device=dev.type)
     if step < schedule.steps:
         return TrainResult(finished=False, seconds=time.perf_counter() - start_time, val=None, bicubic=None, **common)

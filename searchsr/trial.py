@@ -1,37 +1,76 @@
-"""One search trial, as a Ray Tune trainable: train the proxy schedule, score, cost; report once.
+"""One search trial, as a Ray Tune trainable: costs first, then train the proxy schedule rung by rung.
 
-Runs on a worker: it reads the data folders and writes its run folder (``searchsr.runs``), never
-the study's storage; a failure leaves its reason in the run folder for the driver to record.
+1. Costs. Params, FLOPs, activations, memory and latency do not depend on the weights, so they
+   are measured before any training; a trial that violates a constraint reports ``infeasible``
+   and ends without training (0 training seconds, no weights).
+2. Rungs. With early stopping the trial is validated at each rung step and reports a ``rung``
+   result; the driver's scheduler (``searchsr.rungs``) then lets it go on or stops it there. The
+   report blocks until the driver asks for more, so a stopped trial trains no further.
+3. Final. A trial that reaches the schedule's end reports every metric once (``final``).
+
+A retry of a trial whose driver died continues from that trial's last checkpoint (the run folder is
+copied, the original kept) and reports its earlier rungs again from ``rungs.json``, marked
+``replayed``. Runs on a worker: it reads the data folders and writes its run folder
+(``searchsr.runs``), never the study's storage; a failure leaves its reason in the run folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from searchsr.config import ArchConfig
-from searchsr.runs import CONFIG_FILE, record_failure, trial_dir
+from searchsr.objectives import Constraint
+from searchsr.runs import CHECKPOINT_FILE, CONFIG_FILE, FAILURE_FILE, RESULT_FILE, record_failure, trial_dir
+
+RUNGS_FILE = "rungs.json"  # in the run folder: the rungs this run has passed, for a retry to replay
+
+# What a trial's ``kind`` says it reported.
+INFEASIBLE, RUNG, FINAL = "infeasible", "rung", "final"
+
+
+def violated(constraints: list[str] | tuple[str, ...], costs: dict[str, Any]) -> list[str]:
+    """The constraints (given as text) that ``costs`` break, each with by how much; those on metrics
+    the costs do not hold (psnr, ssim) are left to after training."""
+    broken = []
+    for constraint in map(Constraint.parse, constraints):
+        if constraint.metric in costs and constraint.value(costs) > 0:
+            broken.append(f"{constraint} (is {float(costs[constraint.metric]):.4g})")
+    return broken
 
 
 def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
-    """Ray Tune trainable: ``config`` is the searcher's (``arch``, ``number``, and the driver's common
-    settings); ``meter`` the driver's ``CostMeter`` actor."""
+    """Ray Tune trainable: ``config`` is the searcher's (``arch``, ``number``, ``retry_of``, and the
+    driver's common settings, among them ``constraints`` and ``rungs``); ``meter`` the driver's
+    ``CostMeter`` actor."""
     import ray
     import torch
     from ray import tune
 
-    from searchsr.memory import check_fits_training, device_available_bytes
     from searchsr.data import load_split
+    from searchsr.memory import check_fits_training, device_available_bytes
     from searchsr.schedule import load_schedule
-    from searchsr.train import resolve_device, train
+    from searchsr.train import Rung, resolve_device, train
 
     start = time.perf_counter()
     os.nice(19)  # training yields the CPU to the CostMeter's timings (it runs at normal priority)
-    run_dir = trial_dir(config["runs_root"], config["number"])
+    number = config["number"]
+    run_dir = trial_dir(config["runs_root"], number)
+    common = {"number": number, "host": socket.gethostname()}
     try:
         cfg = ArchConfig.from_dict(config["arch"])
+        costs = ray.get(meter.measure.remote(cfg.to_dict()))
+        broken = violated(config.get("constraints", ()), costs)
+        if broken:
+            report = {**costs, **common, "kind": INFEASIBLE, "infeasible": "; ".join(broken), "train_seconds": 0.0,
+                      "steps": 0, "trial_seconds": time.perf_counter() - start, "arch_json": cfg.to_json()}
+            tune.report(report)
+            return report
         torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
         schedule = load_schedule(config["schedule"])
         device = resolve_device(None)  # where ``train`` will run
@@ -40,15 +79,56 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
                             where="this machine" if device.type == "cpu" else f"this machine's {device}")
         train_set, val_set = load_split(config["train_dir"], config["val_dir"], cfg.scale,
                                         config.get("val_count", 0))
+        continue_retry(config["runs_root"], config.get("retry_of"), run_dir)
+        passed = read_rungs(run_dir)
+        for rung in passed:  # a resumed run: the rungs it passed before, for the scheduler's records
+            tune.report({**costs, **common, **rung_report(rung), "replayed": True})
+
+        def on_rung(rung: Rung) -> None:
+            passed.append(rung.__dict__)
+            write_rungs(run_dir, passed)
+            tune.report({**costs, **common, **rung_report(rung.__dict__), "replayed": False})
+
         result = train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
-                       resume=(run_dir / CONFIG_FILE).is_file(), progress=False)
-        costs = ray.get(meter.measure.remote(cfg.to_dict()))
+                       resume=(run_dir / CONFIG_FILE).is_file(), progress=False,
+                       rungs=config.get("rungs", ()), on_rung=on_rung)
+    except SystemExit:  # Tune stopping the trial (early stopping, Ctrl-C): not a failure of the trial
+        raise
     except BaseException as err:
         record_failure(run_dir, err)
         raise
     metrics = {"psnr": result.val.psnr_y, "ssim": result.val.ssim_y, "psnr_bicubic": result.bicubic.psnr_y,
-               **costs, "train_seconds": result.seconds, "trial_seconds": time.perf_counter() - start,
-               "steps": result.step, "arch_json": cfg.to_json(), "schedule": schedule.name, "device": result.device,
-               "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()}
+               **costs, **common, "kind": FINAL, "train_seconds": result.train_seconds,
+               "trial_seconds": time.perf_counter() - start, "steps": result.step, "arch_json": cfg.to_json(),
+               "schedule": schedule.name, "device": result.device, "node_id": ray.get_runtime_context().get_node_id()}
     tune.report(metrics)
     return metrics
+
+
+def rung_report(rung: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": RUNG, "rung_step": rung["step"], "rung_psnr": rung["psnr"], "rung_ssim": rung["ssim"],
+            "train_seconds": rung["train_seconds"], "steps": rung["step"]}
+
+
+def read_rungs(run_dir: Path) -> list[dict[str, Any]]:
+    """The rungs a resumed run passed (none without a checkpoint: training starts again from step 0)."""
+    path = run_dir / RUNGS_FILE
+    if not path.is_file() or not (run_dir / CHECKPOINT_FILE).is_file():
+        return []
+    return json.loads(path.read_text())
+
+
+def write_rungs(run_dir: Path, rungs: list[dict[str, Any]]) -> None:
+    from searchsr.files import atomic_write
+
+    atomic_write(run_dir / RUNGS_FILE, json.dumps(rungs) + "\n")
+
+
+def continue_retry(runs_root: str, retry_of: int | None, run_dir: Path) -> None:
+    """A retry starts from the checkpoint its original left (a copy: the original's folder stays as it
+    was), when there is one and this retry has not started yet."""
+    if retry_of is None or run_dir.exists():
+        return
+    original = trial_dir(runs_root, retry_of)
+    if (original / CHECKPOINT_FILE).is_file() and not (original / RESULT_FILE).exists():
+        shutil.copytree(original, run_dir, ignore=shutil.ignore_patterns(FAILURE_FILE))

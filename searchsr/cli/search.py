@@ -43,6 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--meter-resource", metavar="NAME",
                    help="time latency on a Ray node with this custom resource (ray start --resources "
                         "'{\"NAME\": 1}'), so every driver of a study times on the same kind of machine")
+    p.add_argument("--early-stop", default="none", choices=("none", "pareto"),
+                   help="pareto: Pareto successive halving; each trial is scored at rungs (--first-rung x eta^k "
+                        "steps) and goes on only if it ranks in the top 1/eta of the trials that reached that "
+                        "rung, by non-dominated sorting on PSNR there and the exact costs; stopped trials are "
+                        "PRUNED, never on the front (default: none)")
+    p.add_argument("--eta", type=int, default=3, help="early stopping keeps the top 1/eta at each rung (default: 3)")
+    p.add_argument("--first-rung", type=int, default=0, metavar="STEPS",
+                   help="the first rung's step (default: the schedule's steps / eta^3, e.g. 56 for short)")
     p.add_argument("--stale-after", type=int, default=60, metavar="SECONDS",
                    help="a RUNNING trial without heartbeat this long lost its driver: on the next run it is "
                         "marked FAIL and its parameters re-queued (default: 60)")
@@ -94,7 +102,8 @@ def settings_from_args(args: argparse.Namespace):
                           enqueue=tuple(options.csv_list(args.enqueue)), cpus_per_trial=args.cpus_per_trial,
                           gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, address=args.address,
                           latency_runs=args.latency_runs, max_failures=args.max_failures,
-                          stale_after=args.stale_after, meter_resource=args.meter_resource, verbose=args.verbose)
+                          stale_after=args.stale_after, meter_resource=args.meter_resource,
+                          early_stop=args.early_stop, eta=args.eta, first_rung=args.first_rung, verbose=args.verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
