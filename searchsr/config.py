@@ -118,6 +118,11 @@ PRESETS: dict[str, ArchConfig] = {
     "lite": ArchConfig(nf=72, n_blocks=16),  # SAM_SR_LITE
     "xlite": ArchConfig(nf=16, n_blocks=8),  # SAM_SR_XLITE
 }
+# The paper's Table 2: the seven (nf, N) points of the family it trained (LITE and XLITE among them).
+PAPER_POINTS: dict[str, ArchConfig] = {
+    **{f"paper-{nf}-{n}": ArchConfig(nf=nf, n_blocks=n) for nf, n in ((64, 16), (64, 8), (32, 16), (32, 8), (16, 16))},
+    **PRESETS,
+}
 
 
 def parse_value(field_name: str, text: str) -> Any:

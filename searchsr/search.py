@@ -51,7 +51,7 @@ class SearchSettings:
     constraints: tuple[Constraint, ...] = ()  # besides the space's own
     study: str = DEFAULT_STUDY
     storage: str = DEFAULT_STORAGE
-    sampler: str = "tpe"
+    sampler: str = "auto"
     seed: int = 0
     schedule: str = "short"
     train_dir: str | None = None
@@ -257,7 +257,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial)
         meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource)
         study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
-                              settings.trials)
+                              settings.trials, settings.space)
         record_setup(study, setup)
         mark_runs_folder(settings.runs_root, study_uid(study), settings.study)
         yardstick, first_time = settle_yardstick(study, ray.get(meter.own_yardstick.remote()))
@@ -267,7 +267,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         queued = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
         say(f"study {settings.study!r} in {mask_url(settings.storage)}: {len(trials) - queued} trial(s) so far, "
             f"{settings.trials} new{f' ({queued} queued first)' if queued else ''}; objectives "
-            f"{','.join(o.name for o in settings.objectives)}, sampler {settings.sampler}, schedule "
+            f"{','.join(o.name for o in settings.objectives)}, sampler {describe_sampler(settings.sampler, study)}, "
+            f"schedule "
             f"{settings.schedule}")
         for line in (note, first_time, f"latency yardstick: {describe_yardstick(yardstick)}"):
             if line:
@@ -352,6 +353,11 @@ def mark_runs_folder(runs_root: Path, uid: str, study: str) -> None:
     runs_root.mkdir(parents=True, exist_ok=True)
     if not (runs_root / RUNS_MARKER).is_file():
         atomic_write(runs_root / RUNS_MARKER, json.dumps({"study": study, "uid": uid}) + "\n")
+
+
+def describe_sampler(name: str, study: optuna.Study) -> str:
+    chosen = type(study.sampler).__name__
+    return f"auto ({chosen})" if name == "auto" else chosen
 
 
 def say(text: str) -> None:

@@ -333,6 +333,46 @@ def sample(space: SearchSpace, trial: optuna.trial.BaseTrial) -> ArchConfig:
     return ArchConfig.from_dict(sample_values(space, trial))
 
 
+def enumerate_space(space: SearchSpace) -> list[ArchConfig]:
+    """Every architecture of a finite space (integers, stepped floats, choices), in a fixed order;
+    UsageError naming the first parameter that makes it infinite (``bench record`` trains them all)."""
+    values = []
+    for name, param in space.params.items():
+        if isinstance(param, Int):
+            values.append(tuple(range(param.low, param.high + 1, param.step)))
+        elif isinstance(param, Float):
+            if param.step is None:
+                raise UsageError(f"{space.source}: params.{name} is a float range without a step: the space is "
+                                 "not finite")
+            count = round((param.high - param.low) / param.step)
+            values.append(tuple(round(param.low + i * param.step, 10) for i in range(count + 1)))
+        else:
+            values.append(param.probes())
+    archs = {}
+    for combination in itertools.product(*values):
+        chosen = dict(zip(space.params, combination))
+        cfg = ArchConfig.from_dict(_assign(space.params, lambda n, _p: chosen[n]))
+        archs.setdefault(cfg.to_json(), cfg)  # an inactive param's values give the same network
+    return list(archs.values())
+
+
+def contains(space: SearchSpace, cfg: ArchConfig) -> bool:
+    """Whether the space's own draws can give ``cfg``: its choices, and numbers inside each range on its step
+    (``to_params`` also accepts numbers outside, as Optuna does for enqueued trials)."""
+    try:
+        params = to_params(space, cfg)
+    except ValueError:
+        return False
+    for name, value in params.items():
+        param = space.params[name]
+        if isinstance(param, (Int, Float)):
+            off_grid = param.step is not None and abs((value - param.low) / param.step - round(
+                (value - param.low) / param.step)) > 1e-9
+            if not param.low <= value <= param.high or off_grid:
+                return False
+    return True
+
+
 def to_params(space: SearchSpace, cfg: ArchConfig) -> dict[str, Any]:
     """Optuna params that make ``sample`` return ``cfg`` (for ``study.enqueue_trial``).
 

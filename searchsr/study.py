@@ -30,34 +30,56 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from searchsr import internals
-from searchsr.config import PRESETS
+from searchsr.config import PAPER_POINTS
 from searchsr.errors import UsageError
 from searchsr.objectives import Objective
 from searchsr.runs import WEIGHTS_FILE, existing_trial_dir
-from searchsr.space import SearchSpace, to_params
+from searchsr.space import SearchSpace, contains, to_params
 from searchsr.storage import load_study, study_names
 
 MAX_RETRIES = 3
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")
+GP_MAX_TRIALS = 250  # GPSampler's cost grows as n^3: past this, auto picks TPE/NSGA-II (AutoSampler's bound)
+
+
+def auto_sampler(space: SearchSpace, n_trials: int, n_objectives: int) -> str:
+    """``--sampler auto``: the sampler for this space and trial budget, by the policy of Optuna's
+    AutoSampler (OptunaHub), checked on our recorded table (README, "Choosing a sampler"):
+
+    * a conditional space (a ``when``) -> TPE, the one sampler that models conditional parameters
+      (GP and NSGA-II see only the parameters every trial has);
+    * else a small budget (<= ``GP_MAX_TRIALS`` trials) -> GP (sample-efficient; multi-objective and
+      constraints as Optuna 5 supports them);
+    * else NSGA-II for several objectives, TPE for one.
+    """
+    if any(param.when for param in space.params.values()):
+        return "tpe"
+    if n_trials <= GP_MAX_TRIALS:
+        return "gp"
+    return "nsga2" if n_objectives > 1 else "tpe"
 
 
 def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    """A sampler by name (``auto`` is resolved by ``auto_sampler`` before); ``n_trials`` is the run's budget."""
+    startup = max(2, min(10, n_trials // 2))  # so a small run still models (parallel random start-up, ray#52535)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials)))
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n_trials // 2)),
-                                          multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
 def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, ...], sampler: str,
-                  seed: int, n_trials: int) -> optuna.Study:
+                  seed: int, n_trials: int, space: SearchSpace | None = None) -> optuna.Study:
     """Create or continue the study; an existing one must have the same objectives. Fails (and
     re-queues) the trials a dead driver left RUNNING.
 
-    The sampler's seed is ``seed`` + trials so far, claimed so that drivers starting on the study at the
+    ``sampler`` "auto" is resolved by ``auto_sampler`` (``study.sampler`` tells which). The sampler's
+    seed is ``seed`` + trials so far, claimed so that drivers starting on the study at the
     same moment take different seeds: the same seed would make them draw the same architectures.
     """
     directions = [o.direction for o in objectives]
@@ -71,6 +93,8 @@ def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, .
             raise UsageError(f"study {name!r} optimises {shown}, not {','.join(names)}: "
                              f"use another --study or the same --objectives")
         offset = len(study.trials)
+    if sampler == "auto":  # by the space and the study's whole budget: the trials so far and these
+        sampler = auto_sampler(space or SearchSpace({}), offset + n_trials, len(objectives))
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(sampler, seed + offset, n_trials))
     while not internals.claim_study_key(study, f"searchsr:seed:{seed + offset}"):
@@ -146,13 +170,17 @@ def fail_stale_trials(study: optuna.Study) -> int:
 
 def preset_params(space: SearchSpace, names: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """The Optuna params of each named paper preset in ``space``; UsageError for an unknown preset
-    or one the space cannot produce (``run`` calls this before touching the storage)."""
+    or one the space cannot produce (``run`` calls this before touching the storage). ``paper`` stands
+    for every Table 2 point that lies inside the space (a warm start: none outside it is forced in)."""
     params = {}
     for name in names:
-        if name not in PRESETS:
-            raise UsageError(f"--enqueue: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        if name == "paper":
+            params.update({n: to_params(space, cfg) for n, cfg in PAPER_POINTS.items() if contains(space, cfg)})
+            continue
+        if name not in PAPER_POINTS:
+            raise UsageError(f"--enqueue: unknown preset {name!r} (known: paper, {', '.join(PAPER_POINTS)})")
         try:
-            params[name] = to_params(space, PRESETS[name])
+            params[name] = to_params(space, PAPER_POINTS[name])
         except ValueError as err:
             raise UsageError(f"--enqueue {name}: {err}") from None
     return params

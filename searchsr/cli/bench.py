@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from searchsr.cli import options
+from searchsr.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     b.add_argument("--eval-data", help="folder to time evaluation on (e.g. ../shared/data/set5)")
     b.set_defaults(func=cmd_train)
+
+    b = bench_sub.add_parser("record", parents=[options.common(), options.ray_cluster()],
+                             help="train every network of a finite space, recording PSNR at rungs: the table "
+                                  "that bench search replays",
+                             description="Train every architecture of a finite space (and a second seed of "
+                                         "--repeat of them) through Ray Tune, and append one CSV row per "
+                                         "(architecture, seed, step) to --out: PSNR-Y/SSIM-Y at each rung and "
+                                         "at the end, training seconds to that step, exact costs. Resumable: "
+                                         "rerun the same command.")
+    b.add_argument("--space", default="table", help="a finite space (default: table, 48 networks)")
+    b.add_argument("--schedule", default="short", help="training schedule (default: short)")
+    b.add_argument("--rungs", help="steps to score at, e.g. 56,168,504 (default: the schedule's early-stopping "
+                                   "rungs at eta 3)")
+    b.add_argument("--out", required=True, type=Path, help="the table (CSV); an existing one is continued")
+    b.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
+    b.add_argument("--val-dir", help="HR validation images (default: embedded skimage photos)")
+    b.add_argument("--val-count", type=int, default=0, metavar="K",
+                   help="hold out K images of --train-dir as the validation set (default: 0)")
+    b.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    b.add_argument("--repeat", type=int, default=8, help="networks also recorded with seed + 1 (default: 8)")
+    b.add_argument("--runs-dir", type=Path, help="run folders (default: OUT without .csv, plus .runs)")
+    b.add_argument("--concurrency", type=int, default=0, help="networks at once (default: CPUs / cpus-per-trial)")
+    b.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
+    b.set_defaults(func=cmd_record)
+
+    b = bench_sub.add_parser("search", parents=common,
+                             help="replay search methods against a recorded table, at equal compute, over seeds",
+                             description="Replay each method (an Optuna sampler, with or without Pareto successive "
+                                         "halving) against a table from bench record: a trial costs the recorded "
+                                         "training seconds up to where it stopped. Reports each method's "
+                                         "hypervolume at --budget (normalised to the table's true front) over "
+                                         "--seeds, and the compute it needed to reach 0.9 of it.")
+    b.add_argument("--table", required=True, type=Path, help="a table recorded by bench record (CSV)")
+    b.add_argument("--space", default="table", help="the space the table was recorded on (default: table)")
+    b.add_argument("--methods", default="random,tpe,gp,nsga2,auto",
+                   help="samplers to compare: random, tpe, gp, nsga2, auto (default: all five)")
+    b.add_argument("--early-stop", default="none", choices=("none", "pareto", "both"),
+                   help="replay without, with (pareto) or both ways (default: none)")
+    b.add_argument("--eta", type=int, default=3, help="early stopping keeps the top 1/eta at each rung (default: 3)")
+    b.add_argument("--budget", type=float, default=0.25,
+                   help="compute per search, as a fraction of the table's full compute (default: 0.25)")
+    b.add_argument("--seeds", type=int, default=10, help="searches per method (default: 10)")
+    b.add_argument("--objectives", default="psnr,latency", help="objectives, as in run (default: psnr,latency)")
+    b.add_argument("--constraint", action="append", default=[], metavar="EXPR", help="as in run (repeatable)")
+    b.add_argument("--cap", type=float, default=2.0,
+                   help="a search that has not reached 0.9 goes on up to this many times the full compute "
+                        "(default: 2)")
+    b.set_defaults(func=cmd_search)
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
@@ -106,4 +155,72 @@ def cmd_train(args: argparse.Namespace) -> int:
                          args.eval_data, on_result=None if args.json else show)
     if args.json:
         print(json.dumps(report))
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from searchsr.halving import default_first_rung, rung_steps
+    from searchsr.record import RecordSettings, record
+    from searchsr.schedule import load_schedule
+    from searchsr.space import load_space
+
+    steps = load_schedule(args.schedule).steps
+    try:
+        rungs = tuple(int(r) for r in options.csv_list(args.rungs)) if args.rungs else \
+            rung_steps(steps, default_first_rung(steps))
+    except ValueError:
+        raise UsageError(f"--rungs must be comma-separated steps, got {args.rungs!r}") from None
+    recorded, failed = record(RecordSettings(
+        space=load_space(args.space), out=args.out, rungs=rungs, schedule=args.schedule, train_dir=args.train_dir,
+        val_dir=args.val_dir, val_count=args.val_count, seed=args.seed, repeat=args.repeat, runs_dir=args.runs_dir,
+        cpus_per_trial=args.cpus_per_trial, concurrency=args.concurrency, address=args.address,
+        latency_runs=args.latency_runs, verbose=args.verbose))
+    print(f"{recorded} network(s) recorded into {args.out}" + (f"; {failed} failed (rerun to retry them)"
+                                                                 if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from searchsr.objectives import parse_constraints, parse_objectives
+    from searchsr.replay import check_space, load_table, replay, summarize
+    from searchsr.space import load_space
+    from searchsr.study import SAMPLERS
+
+    options.quiet_optuna()
+    methods = options.csv_list(args.methods)
+    unknown = [m for m in methods if m not in SAMPLERS]
+    if unknown or not methods:
+        raise UsageError(f"--methods: unknown method {unknown[0] if unknown else ''!r} (known: {', '.join(SAMPLERS)})")
+    for name, value, low in (("--seeds", args.seeds, 1), ("--eta", args.eta, 2)):
+        if value < low:
+            raise UsageError(f"{name} must be >= {low}, got {value}")
+    if not 0 < args.budget <= args.cap:
+        raise UsageError(f"--budget must be > 0 and at most --cap ({args.cap:g}), got {args.budget:g}")
+    objectives, constraints = parse_objectives(args.objectives), parse_constraints(args.constraint)
+    table, space = load_table(args.table), load_space(args.space)
+    check_space(table, space)
+    ways = {"none": (False,), "pareto": (True,), "both": (False, True)}[args.early_stop]
+    results = {}
+    for method in methods:
+        for early in ways:
+            runs = [replay(table, space, method, seed, args.budget, objectives, constraints, early, args.eta,
+                           args.cap) for seed in range(args.seeds)]
+            results[method + ("+pareto" if early else "")] = summarize(runs, args.budget, args.seeds)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    noise = table.noise
+    print(f"{args.table}: {len(table.entries)} networks, full compute {table.full_compute:.0f} training s; rungs "
+          f"{','.join(map(str, table.rungs))}; second-seed PSNR differences over {noise['pairs']} networks: mean "
+          f"{noise['psnr_abs_diff_mean']:.3f} dB, max {noise['psnr_abs_diff_max']:.3f} dB")
+    base = results.get("random", {}).get("hv_mean")
+    print(f"budget {args.budget:g} of the full compute, {args.seeds} seeds; HV normalised to the table's true front")
+    print(f"{'method':<14} {'HV mean':>8} {'HV std':>7} {'x random':>8} {'to 0.9':>7} {'trials':>7} {'pruned':>7}")
+    for name, r in results.items():
+        ratio = f"{r['hv_mean'] / base:.2f}" if base else "-"
+        goal = f"{r['compute_to_0.9']:.3f}" if r["compute_to_0.9"] is not None else f"{r['reached_0.9']}/{args.seeds}"
+        print(f"{name:<14} {r['hv_mean']:>8.3f} {r['hv_std']:>7.3f} {ratio:>8} {goal:>7} {r['trials_mean']:>7.1f} "
+              f"{r['pruned_mean']:>7.1f}")
+    print("to 0.9: median fraction of the full compute spent when the front reached 0.9 of the true one "
+          "(n/seeds: only n seeds got there within --cap)")
     return 0

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--constraint", action="append", default=[], metavar="EXPR",
                    help="extra constraint like 'latency_ms <= 40' or 'params <= 100000' (repeatable)")
     p.add_argument("--trials", type=int, default=12, help="new trials in this invocation (default: 12)")
-    p.add_argument("--sampler", default="tpe", help="nsga2, tpe or random (default: tpe)")
+    p.add_argument("--sampler", default="auto",
+                   help="auto, tpe, gp, nsga2 or random (default: auto: TPE for a space with conditional "
+                        "parameters, else GP up to 250 trials, then NSGA-II; README, 'Choosing a sampler')")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
     p.add_argument("--schedule", default="short", help="training schedule per trial (default: short)")
     p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
@@ -33,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-count", type=int, default=0, metavar="K",
                    help="hold out K images of --train-dir as the validation set, chosen by file name, so the "
                         "search never scores on what it trains on (instead of --val-dir; default: 0)")
-    p.add_argument("--enqueue", default="xlite", help="paper presets to put in the study, e.g. lite,xlite "
-                                                      "(default: xlite; '' for none)")
+    p.add_argument("--enqueue", default="xlite",
+                   help="paper networks to put in the study first: 'paper' (every Table 2 point inside the space, "
+                        "a warm start), or names: lite, xlite, paper-NF-N (default: xlite; '' for none)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (default: 0)")
     p.add_argument("--concurrency", type=int, default=0, help="trials at once (default: CPUs / cpus-per-trial)")
     p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
