@@ -180,6 +180,25 @@ def hypervolume_figure(data: ReportData) -> Any | None:
     return fig
 
 
+def curves_figure(data: ReportData) -> Any | None:
+    """Validation PSNR at each rung: stopped trials dashed and faint, finished ones solid, the front's blue."""
+    if not data.curves:
+        return None
+    fig = go.Figure()
+    for curve in data.curves:
+        steps, psnrs = zip(*curve.points)
+        style = ({"color": "#1f77b4", "width": 2} if curve.on_front else
+                 {"color": "rgba(60,60,60,0.7)", "width": 1} if curve.outcome == "complete" else
+                 {"color": "rgba(200,60,60,0.45)", "width": 1, "dash": "dot"})
+        fig.add_trace(go.Scatter(x=list(steps), y=list(psnrs), mode="lines+markers", line=style,
+                                 name=f"trial {curve.number} ({curve.outcome})", showlegend=False,
+                                 hovertext=f"trial {curve.number}: {curve.outcome}"))
+    fig.update_layout(title="validation PSNR-Y at each rung: stopped trials dotted red, finished grey, the "
+                            "front blue", xaxis={"title": {"text": "training step"}, "type": "log"},
+                      yaxis={"title": {"text": "PSNR-Y (dB, search proxy)"}})
+    return fig
+
+
 def importance_figure(data: ReportData) -> Any | None:
     shown = [imp for imp in data.importances if imp.values]
     if not shown:
@@ -201,6 +220,8 @@ WHAT = {
     "parallel": "Which parameter values do the good trials share? Drag along an axis to filter.",
     "hypervolume": "Is the search still improving the front, or has it converged?",
     "importance": "Which parameters drive each objective (where to spend the next search)?",
+    "curves": "Did early stopping stop the right trials? Each line is one trial's validation PSNR at the rungs it "
+              "reached; a stopped trial ends at its rung.",
 }
 
 
@@ -210,6 +231,7 @@ def figures(data: ReportData) -> list[tuple[str, str, str, Any]]:
     out += [(k, t, WHAT["psnr"], f) for k, t, f in family_figures(data)]
     for key, title, fig in (("parallel", "Parallel coordinates", parallel_figure(data)),
                             ("hypervolume", "Hypervolume over trials", hypervolume_figure(data)),
+                            ("curves", "Learning curves at the rungs", curves_figure(data)),
                             ("importance", "Parameter importances", importance_figure(data))):
         if fig is not None:
             out.append((key, title, WHAT[key], fig))

@@ -30,6 +30,8 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
 def render(data: ReportData) -> str:
     front = data.front
     states = ", ".join(f"{n} {s}" for s, n in sorted(data.states.items()))
+    why = ", ".join(f"{n} {k}" for k, n in (data.outcomes or {}).items() if n)
+    states += f" (pruned: {why})" if why else ""
     goals = ", ".join(f"{o.name} ({o.direction})" for o in data.objectives)
     summary = (f"storage {data.storage or '-'}; trials: {states or 'none'}; objectives {goals}; "
                f"{len(front.points)} on the front of {front.complete_trials} complete feasible; "

@@ -28,7 +28,9 @@ import pandas as pd
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
+from searchsr.halving import RUNGS_ATTR, STOPPED_ATTR
 from searchsr.objectives import Objective
+from searchsr.trial import INFEASIBLE  # the attribute naming the cost constraints a PRUNED trial broke
 from searchsr.pareto import (COST_LR_SIZE, LATENCY_LR_SIZE, Front, InputSizes, compute_front, hypervolume_history,
                              study_objectives)
 
@@ -55,6 +57,38 @@ class TrialRow:
     @property
     def retrain(self) -> dict[str, Any]:
         return {k: v for k, v in self.metrics.items() if k.startswith(RETRAIN_PREFIX)}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A trial's validation PSNR at each rung it reached (early stopping), and at the end if it finished."""
+
+    number: int
+    points: tuple[tuple[int, float], ...]  # (step, PSNR-Y)
+    outcome: str  # "complete" | "stopped" (PRUNED at a rung)
+    on_front: bool
+
+
+def compute_curves(trials: list[optuna.trial.FrozenTrial], on_front: set[int]) -> tuple[Curve, ...]:
+    """The rung curves of every trial that recorded rungs (``searchsr.rungs``), finished or stopped."""
+    curves = []
+    for t in trials:
+        rungs = t.user_attrs.get(RUNGS_ATTR)
+        if not isinstance(rungs, dict) or t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        points = sorted((int(step), float(r["psnr"])) for step, r in rungs.items())
+        if t.state == TrialState.COMPLETE and "psnr" in t.user_attrs and "steps" in t.user_attrs:
+            points.append((int(t.user_attrs["steps"]), float(t.user_attrs["psnr"])))
+        curves.append(Curve(t.number, tuple(points), "complete" if t.state == TrialState.COMPLETE else "stopped",
+                            t.number in on_front))
+    return tuple(curves)
+
+
+def outcomes(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """Why trials did not complete: stopped at a rung, or infeasible by their costs (never trained)."""
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    return {"stopped at a rung": sum(STOPPED_ATTR in t.user_attrs for t in pruned),
+            "infeasible, not trained": sum(INFEASIBLE in t.user_attrs for t in pruned)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +133,8 @@ class ReportData:
     created: str
     sizes: InputSizes = InputSizes(LATENCY_LR_SIZE, COST_LR_SIZE)  # LR inputs of latency/memory and FLOPs
     yardstick: str = "none stored"  # the study's XLITE latency every latency_ms is a multiple of
+    curves: tuple[Curve, ...] = ()  # rung learning curves (studies run with --early-stop)
+    outcomes: dict[str, int] | None = None  # PRUNED trials by why (see ``outcomes``)
 
 
 def load_family() -> tuple[FamilyPoint, ...]:
@@ -174,7 +210,8 @@ def compute_report(study: optuna.Study, storage: str = "") -> ReportData:
                       tuple(hypervolume_history(study)), params, compute_importances(study, objectives),
                       load_family(), load_retrain_table(study),
                       datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                      InputSizes.of(r.metrics for r in rows), yardstick_text(study))
+                      InputSizes.of(r.metrics for r in rows), yardstick_text(study),
+                      compute_curves(all_trials, on_front), outcomes(all_trials))
 
 
 def yardstick_text(study: optuna.Study) -> str:

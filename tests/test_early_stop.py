@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from searchsr.halving import (crowding_distances, default_first_rung, goes_on, nondominated_fronts, pareto_order,
                               rung_steps)
+from searchsr.report import compute_report
 from searchsr.storage import load_study, open_storage
 from searchsr.trial import violated
 
@@ -105,6 +106,11 @@ def test_early_stop_prunes_at_rungs_and_never_trains_the_infeasible(tmp_path: Pa
                             f"sqlite:///{tmp_path}/s.db", "--json"], capture_output=True, text=True, timeout=120)
     numbers = {r["number"] for r in json.loads(front.stdout)}
     assert numbers and numbers <= {t.number for t in complete}
+    report = compute_report(load_study("es", open_storage(f"sqlite:///{tmp_path}/s.db")))
+    assert report.outcomes == {"stopped at a rung": len(stopped), "infeasible, not trained": len(infeasible)}
+    curves = {c.number: c for c in report.curves}  # the learning curves the report draws
+    assert {n for n, c in curves.items() if c.outcome == "stopped"} == {t.number for t in stopped}
+    assert all([s for s, _ in curves[t.number].points] == [1, 2, 4] for t in complete)
 
 
 @pytest.mark.slow
