@@ -103,7 +103,9 @@ def reference_point(trials: list[FrozenTrial], objectives: tuple[Objective, ...]
 def compute_front(study: optuna.Study) -> Front:
     objectives = study_objectives(study)
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
-    best = sorted(study.best_trials, key=lambda t: t.number) if complete else []
+    # an architecture drawn again reuses its earlier trial's result (``same_as``): listed once
+    best = sorted((t for t in study.best_trials if "same_as" not in t.user_attrs), key=lambda t: t.number) \
+        if complete else []
     if complete:
         ref = reference_point(complete, objectives)
         hv = compute_hypervolume(_losses(best, objectives), ref)

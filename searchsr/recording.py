@@ -36,8 +36,8 @@ from searchsr.halving import STOPPED_ATTR
 from searchsr.objectives import Constraint, Objective, set_constraints
 from searchsr.runs import failure_reason, trial_dir
 from searchsr.space import SearchSpace, sample_values
-from searchsr.study import driver_identity, fail_stale_trials, requeue
-from searchsr.trial import FINAL, INFEASIBLE
+from searchsr.study import driver_identity, fail_stale_trials, requeue, same_architecture
+from searchsr.trial import FINAL, INFEASIBLE, SAME
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
                "xlite_ms_measured", "latency_ratio_ci_low", "latency_ratio_ci_high", "latency_ratio_converged",
@@ -64,6 +64,19 @@ def record_trial(ot_trial: optuna.Trial, result: dict | None, error: bool, const
     set_constraints(ot_trial, [c for c in constraints if c.metric in result], result)  # psnr: once trained
 
 
+def reuse(study: optuna.Study, ot_trial: optuna.Trial, number: int) -> None:
+    """A trial of an architecture the study already finished: its result, told again (nothing trained)."""
+    earlier = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    for key, value in earlier.user_attrs.items():
+        if key not in ("driver", "retry_of", "retries", "preset", "rungs"):
+            ot_trial.set_user_attr(key, value)
+    ot_trial.set_user_attr("same_as", number)
+    ot_trial.set_user_attr("train_seconds", 0.0)
+    for name, value in earlier.constraints.items():
+        ot_trial.set_constraint(name, value)
+    study.tell(ot_trial, earlier.values)
+
+
 def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...],
                   constraints: tuple[Constraint, ...], runs_root: Path, common: dict[str, Any],
                   stopped: dict[str, int] | None = None):
@@ -77,8 +90,10 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
     def define_by_run(trial: optuna.Trial) -> dict[str, Any]:
         # Validated by the worker: a hand-enqueued invalid arch fails its trial, not the study.
         trial.set_user_attr("driver", driver)  # a rerun on this host fails it at once if this driver dies
-        return {"arch": sample_values(space, trial), "number": trial.number,
-                "retry_of": trial.user_attrs.get("retry_of"), **common}
+        arch = sample_values(space, trial)
+        same = same_architecture(trial.study, trial)
+        return {"arch": arch, "number": trial.number, "retry_of": trial.user_attrs.get("retry_of"),
+                "same_as": same[0] if same else None, "same_state": same[1] if same else None, **common}
 
     class RecordingSearch(OptunaSearch):
         # The study comes in as an argument and lives on the instance only, never in this class's
@@ -124,6 +139,10 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                 return
             kind = (result or {}).get("kind")
             at_rung = (stopped or {}).get(trial_id)
+            if kind == SAME and not error:
+                reuse(self.study, ot_trial, int(result["same_as"]))
+                done.add(trial_id)
+                return
             if not error and kind != FINAL and at_rung is None and kind != INFEASIBLE:
                 return  # cut short (Ctrl-C, --max-failures): abandon_unfinished fails and re-queues it
             record_trial(ot_trial, result, error, constraints, runs_root)

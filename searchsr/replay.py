@@ -7,6 +7,9 @@ would, one trial at a time, but looks each trained result up instead of training
 
 * a trial costs the recorded training seconds up to where it stopped (the end, or the rung early
   stopping stopped it at); an architecture that breaks a cost constraint costs nothing (costs first);
+  an architecture drawn again costs what it trains beyond its earlier trial: nothing if that one
+  finished (its result is reused), the steps past its rung if it was stopped and now goes on (as
+  ``run`` does: ``searchsr.trial``);
 * the run goes on until its spent seconds reach the budget (a fraction of the table's full
   compute: every architecture trained once) and, to measure the compute needed to reach 0.9, on
   up to ``cap`` times the full compute;
@@ -41,6 +44,7 @@ from searchsr.study import auto_sampler, make_sampler
 
 REFERENCE = 1.1  # the hypervolume's reference point, per objective, on the [0, 1] scale
 HV_GOAL = 0.9
+MAX_DRAWS = 6  # a replay stops after this many draws per table network (repeats and infeasible ones cost nothing)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class Entry:
 
     curve: dict[int, dict[str, float]]  # step -> psnr, ssim, train_seconds
     costs: dict[str, float]
+
+    def seconds(self, step: int) -> float:
+        """Training seconds spent up to ``step`` (0 before any)."""
+        return self.curve[step]["train_seconds"] if step else 0.0
 
     @property
     def final(self) -> dict[str, float]:
@@ -120,7 +128,8 @@ def hypervolume(points: list[tuple[float, ...]], n_objectives: int) -> float:
 class ReplayRun:
     hv: float  # normalised hypervolume at the budget
     compute_to_goal: float | None  # fraction of the table's full compute spent when HV reached HV_GOAL
-    trials: int  # trials started within the budget
+    trials: int  # trials within the budget (draws of an architecture seen before included)
+    networks: int  # distinct architectures trained (some steps at least) within the budget
     pruned: int  # of those, stopped at a rung
     infeasible: int
 
@@ -139,10 +148,13 @@ def replay(table: Table, space: SearchSpace, method: str, seed: int, budget: flo
     study = optuna.create_study(directions=[o.direction for o in objectives],
                                 sampler=sampler or make_sampler(name, seed, len(table.entries)))
     rungs: dict[int, dict[int, tuple[float, ...]]] = {step: {} for step in table.rungs}
+    first: dict[str, int] = {}  # architecture -> its first trial: one rung member however often drawn
+    reached: dict[str, int] = {}  # architecture -> the step its training reached (a rung, or the end)
+    trained: set[str] = set()
     found: list[tuple[float, ...]] = []
     spent, full = 0.0, table.full_compute
     hv_at_budget, to_goal, counted, pruned, infeasible = 0.0, None, 0, 0, 0
-    for number in range(50 * len(table.entries)):  # a bound against a sampler that only draws the infeasible
+    for number in range(MAX_DRAWS * len(table.entries)):  # draws of the known (no cost) are bounded too
         if spent >= cap * full or spent >= budget * full and to_goal is not None:
             break
         trial = study.ask()
@@ -152,17 +164,24 @@ def replay(table: Table, space: SearchSpace, method: str, seed: int, budget: flo
         entry = table.entries[key]
         final = entry.final
         feasible = all(c.value(final) <= 0 for c in constraints if c.metric in entry.costs)
+        start = reached.get(key, 0)  # drawn again: continues from where it stopped, or reuses its result
         stop_at = None
-        if feasible and early_stop:
-            for step in table.rungs:
-                rungs[step][number] = _scaled({**entry.curve[step], **entry.costs}, objectives, bounds)
-                if not goes_on(rungs[step], number, eta):
+        if feasible and early_stop and start < table.last:
+            member = first.setdefault(key, number)
+            for step in (s for s in table.rungs if s >= start):  # its stop rung is judged again
+                rungs[step].setdefault(member, _scaled({**entry.curve[step], **entry.costs}, objectives, bounds))
+                if not goes_on(rungs[step], member, eta):
                     stop_at = step
                     break
-        cost = 0.0 if not feasible else entry.curve[stop_at if stop_at else table.last]["train_seconds"]
+        end = stop_at or table.last
+        cost = entry.seconds(end) - entry.seconds(start) if feasible else 0.0
+        if feasible:
+            reached[key] = end
         spent += cost
         within = spent <= budget * full
         counted += within
+        if within and cost > 0:
+            trained.add(key)
         for c in constraints:
             if c.metric in final:
                 trial.set_constraint(str(c), c.value(final))
@@ -179,7 +198,7 @@ def replay(table: Table, space: SearchSpace, method: str, seed: int, budget: flo
             hv_at_budget = hv
         if to_goal is None and hv >= HV_GOAL - 1e-12:
             to_goal = spent / full
-    return ReplayRun(hv_at_budget, to_goal, counted, pruned, infeasible)
+    return ReplayRun(hv_at_budget, to_goal, counted, len(trained), pruned, infeasible)
 
 
 def summarize(runs: list[ReplayRun], budget: float, seeds: int) -> dict[str, Any]:
@@ -189,6 +208,7 @@ def summarize(runs: list[ReplayRun], budget: float, seeds: int) -> dict[str, Any
     return {"hv_mean": statistics.fmean(hvs), "hv_std": statistics.stdev(hvs) if len(hvs) > 1 else 0.0,
             "compute_to_0.9": statistics.median(reached) if len(reached) == len(runs) else None,
             "reached_0.9": len(reached), "trials_mean": statistics.fmean(r.trials for r in runs),
+            "networks_mean": statistics.fmean(r.networks for r in runs),
             "pruned_mean": statistics.fmean(r.pruned for r in runs), "budget": budget, "seeds": seeds}
 
 

@@ -16,6 +16,7 @@ COMPLETE with its partial scores, which Ray's ``OptunaSearch`` would do.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -43,13 +44,28 @@ def losses(entry: dict[str, float], objectives: tuple[Objective, ...]) -> tuple[
 
 
 def rung_members(study: optuna.Study, step: int, objectives: tuple[Objective, ...]) -> dict[int, tuple[float, ...]]:
-    """Every trial of the study that reached rung ``step`` (FAIL excepted), by number, as losses."""
-    members = {}
-    for trial in study.get_trials(deepcopy=False):
+    """Every architecture of the study that reached rung ``step`` (FAIL excepted), as losses, keyed by the
+    number of its first trial there: an architecture drawn twice is one member, not two."""
+    members, seen = {}, set()
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         entry = (trial.user_attrs.get(RUNGS_ATTR) or {}).get(str(step))
-        if entry is not None and trial.state != TrialState.FAIL:
+        arch = arch_key(trial)
+        if entry is not None and trial.state != TrialState.FAIL and arch not in seen:
             members[trial.number] = losses(entry, objectives)
+            seen.add(arch)
     return members
+
+
+def arch_key(trial: optuna.trial.FrozenTrial) -> str:
+    return json.dumps(trial.params, sort_keys=True)
+
+
+def first_with_same_arch(study: optuna.Study, number: int, step: int) -> int:
+    """The number under which trial ``number``'s architecture is a member of rung ``step``."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    key = arch_key(next(t for t in trials if t.number == number))
+    return next(t.number for t in trials if arch_key(t) == key and t.state != TrialState.FAIL
+                and str(step) in (t.user_attrs.get(RUNGS_ATTR) or {}))
 
 
 def record_rung(study: optuna.Study, number: int, step: int, entry: dict[str, float]) -> None:
@@ -79,7 +95,8 @@ class ParetoHalving(FIFOScheduler):
         record_rung(self.study, number, step, rung_entry(result, self.objectives))
         if result.get("replayed"):  # judged when it first reached this rung
             return TrialScheduler.CONTINUE
-        if goes_on(rung_members(self.study, step, self.objectives), number, self.eta):
+        member = first_with_same_arch(self.study, number, step)
+        if goes_on(rung_members(self.study, step, self.objectives), member, self.eta):
             return TrialScheduler.CONTINUE
         self.stopped[trial.trial_id] = step
         seconds = float(result["train_seconds"])

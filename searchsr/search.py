@@ -209,7 +209,7 @@ def check_images(train_dir: str | None, val_dir: str | None, scales: list[int], 
 
 
 def _describe_done(objectives: tuple[Objective, ...]):
-    from searchsr.trial import INFEASIBLE, RUNG
+    from searchsr.trial import INFEASIBLE, RUNG, SAME
 
     def describe(trial: Any) -> str:
         r = trial.last_result or {}
@@ -217,6 +217,8 @@ def _describe_done(objectives: tuple[Objective, ...]):
         head = (f"trial {trial.config.get('number')}{f' (retry of {retry})' if retry is not None else ''}: "
                 f"nf={arch.get('nf')} N={arch.get('n_blocks')}")
         costs = ", ".join(f"{o.key}={r[o.key]:.4g}" for o in objectives if o.key in r)
+        if r.get("kind") == SAME:
+            return f"{head} drawn again: trial {r['same_as']}'s result reused, nothing trained"
         if r.get("kind") == INFEASIBLE:
             return f"{head} infeasible, not trained: {r[INFEASIBLE]}"
         if r.get("kind") == RUNG:

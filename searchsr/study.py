@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from searchsr import internals
 from searchsr.config import PAPER_POINTS
 from searchsr.errors import UsageError
+from searchsr.halving import STOPPED_ATTR
 from searchsr.objectives import Objective
 from searchsr.runs import WEIGHTS_FILE, existing_trial_dir
 from searchsr.space import SearchSpace, contains, to_params
@@ -166,6 +167,23 @@ def fail_stale_trials(study: optuna.Study) -> int:
             requeue(study, storage.get_trial(trial_id))
             failed += 1
     return failed
+
+
+def same_architecture(study: optuna.Study, trial: optuna.Trial) -> tuple[int, str] | None:
+    """The earlier trial of ``trial``'s architecture that got furthest: ``(number, "complete")`` for one
+    that finished (its result is reused, nothing is trained), ``(number, "stopped")`` for one early
+    stopping stopped (the new trial continues from its checkpoint and is judged again at that rung), or
+    None. Architectures are compared by their parameters; FAIL and infeasible trials do not count."""
+    best = None
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if other.number == trial.number or other.params != trial.params:
+            continue
+        if other.state == TrialState.COMPLETE:
+            return other.number, "complete"
+        stopped = other.user_attrs.get(STOPPED_ATTR)
+        if stopped is not None and (best is None or stopped > best[0]):
+            best = (stopped, other.number)
+    return (best[1], "stopped") if best else None
 
 
 def preset_params(space: SearchSpace, names: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:

@@ -8,9 +8,11 @@
    report blocks until the driver asks for more, so a stopped trial trains no further.
 3. Final. A trial that reaches the schedule's end reports every metric once (``final``).
 
-A retry of a trial whose driver died continues from that trial's last checkpoint (the run folder is
-copied, the original kept) and reports its earlier rungs again from ``rungs.json``, marked
-``replayed``. Runs on a worker: it reads the data folders and writes its run folder
+An architecture the study already finished is not trained again: the trial reports ``same`` and
+the driver reuses the earlier result. A retry of a trial whose driver died, and a trial of an
+architecture early stopping stopped before, continue from that trial's last checkpoint (the run
+folder is copied, the original kept) and report its earlier rungs again from ``rungs.json``, marked
+``replayed`` but for the last, which the scheduler judges again (it may now go on). Runs on a worker: it reads the data folders and writes its run folder
 (``searchsr.runs``), never the study's storage; a failure leaves its reason in the run folder.
 """
 
@@ -31,7 +33,7 @@ from searchsr.runs import CHECKPOINT_FILE, CONFIG_FILE, FAILURE_FILE, RESULT_FIL
 RUNGS_FILE = "rungs.json"  # in the run folder: the rungs this run has passed, for a retry to replay
 
 # What a trial's ``kind`` says it reported.
-INFEASIBLE, RUNG, FINAL = "infeasible", "rung", "final"
+INFEASIBLE, RUNG, FINAL, SAME = "infeasible", "rung", "final", "same"
 
 
 def violated(constraints: list[str] | tuple[str, ...], costs: dict[str, Any]) -> list[str]:
@@ -62,6 +64,10 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
     number = config["number"]
     run_dir = trial_dir(config["runs_root"], number)
     common = {"number": number, "host": socket.gethostname()}
+    if config.get("same_state") == "complete":  # the study finished this architecture: its result is reused
+        report = {**common, "kind": SAME, "same_as": config["same_as"], "train_seconds": 0.0, "steps": 0}
+        tune.report(report)
+        return report
     try:
         cfg = ArchConfig.from_dict(config["arch"])
         costs = ray.get(meter.measure.remote(cfg.to_dict()))
@@ -79,10 +85,12 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
                             where="this machine" if device.type == "cpu" else f"this machine's {device}")
         train_set, val_set = load_split(config["train_dir"], config["val_dir"], cfg.scale,
                                         config.get("val_count", 0))
-        continue_retry(config["runs_root"], config.get("retry_of"), run_dir)
+        source = config.get("retry_of") if config.get("retry_of") is not None else config.get("same_as")
+        continue_from(config["runs_root"], source, run_dir)
         passed = read_rungs(run_dir)
-        for rung in passed:  # a resumed run: the rungs it passed before, for the scheduler's records
-            tune.report({**costs, **common, **rung_report(rung), "replayed": True})
+        for i, rung in enumerate(passed):  # a resumed run: the rungs it passed before, for the scheduler's
+            # records; the last is judged again (a stopped architecture drawn again may now go on)
+            tune.report({**costs, **common, **rung_report(rung), "replayed": i < len(passed) - 1})
 
         def on_rung(rung: Rung) -> None:
             passed.append(rung.__dict__)
@@ -124,11 +132,12 @@ def write_rungs(run_dir: Path, rungs: list[dict[str, Any]]) -> None:
     atomic_write(run_dir / RUNGS_FILE, json.dumps(rungs) + "\n")
 
 
-def continue_retry(runs_root: str, retry_of: int | None, run_dir: Path) -> None:
-    """A retry starts from the checkpoint its original left (a copy: the original's folder stays as it
-    was), when there is one and this retry has not started yet."""
-    if retry_of is None or run_dir.exists():
+def continue_from(runs_root: str, source: int | None, run_dir: Path) -> None:
+    """A trial starts from the checkpoint an earlier trial of its architecture left (a retry's lost
+    original, or a trial early stopping stopped): a copy, the earlier folder stays as it was; only when
+    there is one and this trial has not started yet."""
+    if source is None or run_dir.exists():
         return
-    original = trial_dir(runs_root, retry_of)
+    original = trial_dir(runs_root, source)
     if (original / CHECKPOINT_FILE).is_file() and not (original / RESULT_FILE).exists():
         shutil.copytree(original, run_dir, ignore=shutil.ignore_patterns(FAILURE_FILE))

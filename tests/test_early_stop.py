@@ -78,16 +78,22 @@ def _trials(tmp: Path) -> list[optuna.trial.FrozenTrial]:
 @pytest.mark.slow
 def test_early_stop_prunes_at_rungs_and_never_trains_the_infeasible(tmp_path: Path) -> None:
     # objectives on exact costs (params) and one trial at a time: the decisions are deterministic
-    out = subprocess.run(_run(tmp_path, 12, "--objectives", "psnr,params", "--concurrency", "1", "--eta", "2",
+    out = subprocess.run(_run(tmp_path, 16, "--objectives", "psnr,params", "--concurrency", "1", "--eta", "2",
                               "--first-rung", "1", "--constraint", "params <= 3000"),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     trials = _trials(tmp_path)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    reused = [t for t in trials if "same_as" in t.user_attrs]  # an architecture drawn again: not retrained
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t not in reused]
     infeasible = [t for t in trials if "infeasible" in t.user_attrs]
     stopped = [t for t in trials if "stopped_at" in t.user_attrs]
-    assert len(trials) == 12 and complete and infeasible and stopped, [(t.state, t.user_attrs) for t in trials]
-    assert len(complete) + len(infeasible) + len(stopped) == 12
+    assert len(trials) == 16 and complete and infeasible and stopped and reused, [(t.state, t.user_attrs)
+                                                                                  for t in trials]
+    assert len(complete) + len(infeasible) + len(stopped) + len(reused) == 16
+    for trial in reused:
+        (earlier,) = [t for t in trials if t.number == trial.user_attrs["same_as"]]
+        assert earlier.params == trial.params and trial.values == earlier.values
+        assert trial.user_attrs["train_seconds"] == 0 and trial.user_attrs["run_dir"] == earlier.user_attrs["run_dir"]
     for trial in infeasible:  # costs first: recorded, never trained, off the front
         assert trial.state == TrialState.PRUNED and trial.user_attrs["train_seconds"] == 0
         assert trial.user_attrs["params"] > 3000 and trial.constraints["params <= 3000"] > 0
@@ -105,7 +111,7 @@ def test_early_stop_prunes_at_rungs_and_never_trains_the_infeasible(tmp_path: Pa
     front = subprocess.run([sys.executable, "-m", "searchsr.cli", "front", "--study", "es", "--storage",
                             f"sqlite:///{tmp_path}/s.db", "--json"], capture_output=True, text=True, timeout=120)
     numbers = {r["number"] for r in json.loads(front.stdout)}
-    assert numbers and numbers <= {t.number for t in complete}
+    assert numbers and numbers <= {t.number for t in complete}  # neither pruned nor reused trials
     report = compute_report(load_study("es", open_storage(f"sqlite:///{tmp_path}/s.db")))
     assert report.outcomes == {"stopped at a rung": len(stopped), "infeasible, not trained": len(infeasible)}
     curves = {c.number: c for c in report.curves}  # the learning curves the report draws

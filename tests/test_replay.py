@@ -128,3 +128,14 @@ def test_bench_search_json_and_bad_input(tmp_path: Path) -> None:
                          (["--space", "tiny"], "not in the table")):
         out = subprocess.run([*args, *bad], capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_an_architecture_drawn_again_costs_only_what_it_trains_beyond_its_earlier_trial(tmp_path: Path) -> None:
+    table, space = load_table(_write_table(tmp_path / "t.csv")), _space(tmp_path)
+    # A (10 s); A again: its result reused (0 s); B (20 s): the front at 30 s = half the full compute
+    run = replay(table, space, "random", 0, 1.0, OBJECTIVES, sampler=_InOrder(["A", "A", "B"]))
+    assert run.networks == 2 and run.hv == pytest.approx(1.0) and run.compute_to_goal == pytest.approx(0.5)
+    # C stopped at its rung (6 s); drawn again it is judged again there, ranks last again: 0 s more
+    run = replay(table, space, "random", 0, 1.0, OBJECTIVES, early_stop=True, eta=2,
+                 sampler=_InOrder(["A", "C", "B", "C"]))
+    assert run.networks == 3 and run.compute_to_goal == pytest.approx(36 / 60)

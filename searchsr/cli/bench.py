@@ -215,12 +215,16 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{noise['psnr_abs_diff_mean']:.3f} dB, max {noise['psnr_abs_diff_max']:.3f} dB")
     base = results.get("random", {}).get("hv_mean")
     print(f"budget {args.budget:g} of the full compute, {args.seeds} seeds; HV normalised to the table's true front")
-    print(f"{'method':<14} {'HV mean':>8} {'HV std':>7} {'x random':>8} {'to 0.9':>7} {'trials':>7} {'pruned':>7}")
+    print(f"{'method':<14} {'HV mean':>8} {'HV std':>7} {'x random':>8} {'to 0.9':>7} {'networks':>8} {'trials':>7} "
+          f"{'pruned':>7}")
     for name, r in results.items():
         ratio = f"{r['hv_mean'] / base:.2f}" if base else "-"
         goal = f"{r['compute_to_0.9']:.3f}" if r["compute_to_0.9"] is not None else f"{r['reached_0.9']}/{args.seeds}"
-        print(f"{name:<14} {r['hv_mean']:>8.3f} {r['hv_std']:>7.3f} {ratio:>8} {goal:>7} {r['trials_mean']:>7.1f} "
+        print(f"{name:<14} {r['hv_mean']:>8.3f} {r['hv_std']:>7.3f} {ratio:>8} {goal:>7} {r['networks_mean']:>8.1f} "
+              f"{r['trials_mean']:>7.1f} "
               f"{r['pruned_mean']:>7.1f}")
+    print("networks: distinct architectures trained within the budget; trials: draws, repeats included (a repeat "
+          "costs only what it trains beyond its earlier trial)")
     print("to 0.9: median fraction of the full compute spent when the front reached 0.9 of the true one "
           "(n/seeds: only n seeds got there within --cap)")
     return 0
