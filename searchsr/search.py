@@ -114,6 +114,8 @@ class SearchSettings:
                                  ("--first-rung", self.first_rung, 0)):
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
+        if self.early_stop == "none" and (self.first_rung or self.eta != DEFAULT_ETA):
+            raise UsageError("--eta and --first-rung set early stopping: add --early-stop pareto")
         check_study_name(self.study)
         check_address(self.address)
         check_writable_dir(self.runs_root, label=f"--runs-dir: {self.runs_root}")

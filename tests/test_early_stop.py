@@ -55,6 +55,12 @@ def test_goes_on_keeps_the_top_third_and_always_the_first_arrival() -> None:
     assert [n for n in dominated if goes_on(dominated, n, eta=3)] == [0, 1, 2]
 
 
+def test_rungs_that_do_not_fit_the_schedule_are_one_line(tmp_path: Path) -> None:
+    out = subprocess.run([*_run(tmp_path, 1), "--first-rung", "4"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "the first rung must be between 1 and the schedule's 4 steps" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.db").exists()
+
+
 def test_violated_names_each_broken_cost_constraint_and_leaves_psnr_for_later() -> None:
     costs = {"params": 5000, "latency_ms": 12.5}
     assert violated(["params <= 3000", "latency_ms <= 20", "psnr >= 30"], costs) == ["params <= 3000 (is 5000)"]

@@ -80,6 +80,10 @@ def test_run_records_everything_and_continues(tmp_path: Path) -> None:
     (("--schedule", "forever"), "forever"),
     (("--study", "../escape"), "--study must be"),
     (("--train-dir", "/nonexistent/dir"), "/nonexistent/dir"),
+    (("--early-stop", "asha"), "--early-stop: invalid choice"),
+    (("--eta", "1"), "--eta must be >= 2"),
+    (("--first-rung", "2"), "add --early-stop pareto"),
+    (("--enqueue", "paper-9-9"), "unknown preset 'paper-9-9'"),
 ])
 def test_run_rejects_bad_input_before_writing(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     args = _run_args(tmp_path, 1)
