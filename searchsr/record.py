@@ -24,7 +24,7 @@ from typing import Any
 from ray import tune
 
 from searchsr.config import ArchConfig
-from searchsr.errors import UsageError
+from searchsr.errors import Terminated, UsageError
 from searchsr.space import SearchSpace, enumerate_space
 
 ARCH_COLUMNS = tuple(f.name for f in fields(ArchConfig))
@@ -139,7 +139,7 @@ def record(settings: RecordSettings) -> tuple[int, int]:
     if not settings.out.is_file():
         with settings.out.open("w", newline="") as f:
             csv.writer(f).writerow(COLUMNS)
-    with ray_session(settings.address, settings.verbose), sigterm_as_interrupt():
+    with ray_session(settings.address, settings.verbose), sigterm_as_interrupt() as signals:
         meter = start_meter(1, settings.latency_runs)
         ray.get(meter.use_yardstick.remote(ray.get(meter.own_yardstick.remote())["xlite_ms"]))
         writer = _TableWriter(settings.out, done, settings.schedule)
@@ -157,6 +157,10 @@ def record(settings: RecordSettings) -> tuple[int, int]:
             tuner.fit()
         finally:
             progress.close()
+        if progress.finished < len(jobs):  # Ctrl-C or SIGTERM: what finished is in the table
+            message = (f"{progress.finished - progress.failures} of {len(jobs)} network(s) recorded into "
+                       f"{settings.out}; rerun the same command to continue")
+            raise Terminated(message) if signals.terminated else KeyboardInterrupt(message)
     return progress.finished - progress.failures, progress.failures
 
 
