@@ -136,9 +136,11 @@ class ReplayRun:
 
 def replay(table: Table, space: SearchSpace, method: str, seed: int, budget: float, objectives: Sequence[Objective],
            constraints: Sequence[Constraint] = (), early_stop: bool = False, eta: int = DEFAULT_ETA,
-           cap: float = 3.0, sampler: optuna.samplers.BaseSampler | None = None) -> ReplayRun:
+           cap: float = 3.0, sampler: optuna.samplers.BaseSampler | None = None, first_rung: int = 0) -> ReplayRun:
     """One search of ``method`` on ``table`` (``budget``, ``cap``: fractions of its full compute);
-    ``sampler``, when given, replaces the one ``method`` names (tests drive a replay with a fixed order)."""
+    ``sampler``, when given, replaces the one ``method`` names (tests drive a replay with a fixed order);
+    early stopping uses the table's rungs from ``first_rung`` on."""
+    ladder = tuple(step for step in table.rungs if step >= first_rung)
     finals = {k: e.final for k, e in table.entries.items()}
     bounds = {o.key: (min(f[o.key] for f in finals.values()), max(f[o.key] for f in finals.values()))
               for o in objectives}
@@ -147,7 +149,7 @@ def replay(table: Table, space: SearchSpace, method: str, seed: int, budget: flo
     name = auto_sampler(space, len(table.entries), len(objectives)) if method == "auto" else method
     study = optuna.create_study(directions=[o.direction for o in objectives],
                                 sampler=sampler or make_sampler(name, seed, len(table.entries)))
-    rungs: dict[int, dict[int, tuple[float, ...]]] = {step: {} for step in table.rungs}
+    rungs: dict[int, dict[int, tuple[float, ...]]] = {step: {} for step in ladder}
     first: dict[str, int] = {}  # architecture -> its first trial: one rung member however often drawn
     reached: dict[str, int] = {}  # architecture -> the step its training reached (a rung, or the end)
     trained: set[str] = set()
@@ -168,7 +170,7 @@ def replay(table: Table, space: SearchSpace, method: str, seed: int, budget: flo
         stop_at = None
         if feasible and early_stop and start < table.last:
             member = first.setdefault(key, number)
-            for step in (s for s in table.rungs if s >= start):  # its stop rung is judged again
+            for step in (s for s in ladder if s >= start):  # its stop rung is judged again
                 rungs[step].setdefault(member, _scaled({**entry.curve[step], **entry.costs}, objectives, bounds))
                 if not goes_on(rungs[step], member, eta):
                     stop_at = step

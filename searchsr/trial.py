@@ -97,20 +97,31 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
             write_rungs(run_dir, passed)
             tune.report({**costs, **common, **rung_report(rung.__dict__), "replayed": False})
 
-        result = train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
-                       resume=(run_dir / CONFIG_FILE).is_file(), progress=False,
-                       rungs=config.get("rungs", ()), on_rung=on_rung)
+        if (run_dir / RESULT_FILE).is_file():  # finished, but its driver died before recording it
+            scores = finished_scores(run_dir)
+        else:
+            result = train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
+                           resume=(run_dir / CONFIG_FILE).is_file(), progress=False,
+                           rungs=config.get("rungs", ()), on_rung=on_rung)
+            scores = {"psnr": result.val.psnr_y, "ssim": result.val.ssim_y, "psnr_bicubic": result.bicubic.psnr_y,
+                      "train_seconds": result.train_seconds, "steps": result.step, "device": result.device}
     except SystemExit:  # Tune stopping the trial (early stopping, Ctrl-C): not a failure of the trial
         raise
     except BaseException as err:
         record_failure(run_dir, err)
         raise
-    metrics = {"psnr": result.val.psnr_y, "ssim": result.val.ssim_y, "psnr_bicubic": result.bicubic.psnr_y,
-               **costs, **common, "kind": FINAL, "train_seconds": result.train_seconds,
-               "trial_seconds": time.perf_counter() - start, "steps": result.step, "arch_json": cfg.to_json(),
-               "schedule": schedule.name, "device": result.device, "node_id": ray.get_runtime_context().get_node_id()}
+    metrics = {**scores, **costs, **common, "kind": FINAL, "trial_seconds": time.perf_counter() - start,
+               "arch_json": cfg.to_json(), "schedule": schedule.name, "node_id": ray.get_runtime_context().get_node_id()}
     tune.report(metrics)
     return metrics
+
+
+def finished_scores(run_dir: Path) -> dict[str, Any]:
+    """The final scores of a run folder whose training finished (``result.json``)."""
+    result = json.loads((run_dir / RESULT_FILE).read_text())
+    return {"psnr": result["val"]["psnr_y"], "ssim": result["val"]["ssim_y"],
+            "psnr_bicubic": result["bicubic"]["psnr_y"], "steps": result["step"], "device": result["device"],
+            "train_seconds": result.get("train_seconds", result["seconds"])}
 
 
 def rung_report(rung: dict[str, Any]) -> dict[str, Any]:

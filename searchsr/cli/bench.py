@@ -89,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--early-stop", default="none", choices=("none", "pareto", "both"),
                    help="replay without, with (pareto) or both ways (default: none)")
     b.add_argument("--eta", type=int, default=3, help="early stopping keeps the top 1/eta at each rung (default: 3)")
+    b.add_argument("--first-rung", type=int, default=0, metavar="STEPS",
+                   help="early stopping uses the table's rungs from this step on (default: all of them)")
     b.add_argument("--budget", type=float, default=0.25,
                    help="compute per search, as a fraction of the table's full compute (default: 0.25)")
     b.add_argument("--seeds", type=int, default=10, help="searches per method (default: 10)")
@@ -204,7 +206,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for method in methods:
         for early in ways:
             runs = [replay(table, space, method, seed, args.budget, objectives, constraints, early, args.eta,
-                           args.cap) for seed in range(args.seeds)]
+                           args.cap, first_rung=args.first_rung) for seed in range(args.seeds)]
             results[method + ("+pareto" if early else "")] = summarize(runs, args.budget, args.seeds)
     if args.json:
         print(json.dumps(results, indent=2))
