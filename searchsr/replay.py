@@ -146,7 +146,7 @@ def replay(table: Table, space: SearchSpace, method: str, seed: int, budget: flo
               for o in objectives}
     true_hv = hypervolume([_scaled(f, objectives, bounds) for f in finals.values()
                            if all(c.value(f) <= 0 for c in constraints)], len(objectives))
-    name = auto_sampler(space, len(table.entries), len(objectives)) if method == "auto" else method
+    name = auto_sampler(space, len(table.entries), len(objectives), early_stop) if method == "auto" else method
     study = optuna.create_study(directions=[o.direction for o in objectives],
                                 sampler=sampler or make_sampler(name, seed, len(table.entries)))
     rungs: dict[int, dict[int, tuple[float, ...]]] = {step: {} for step in ladder}

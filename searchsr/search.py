@@ -261,7 +261,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial)
         meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource)
         study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
-                              settings.trials, settings.space)
+                              settings.trials, settings.space, settings.early_stop != "none")
         record_setup(study, setup)
         mark_runs_folder(settings.runs_root, study_uid(study), settings.study)
         yardstick, first_time = settle_yardstick(study, ray.get(meter.own_yardstick.remote()))

@@ -35,7 +35,7 @@ from searchsr.errors import UsageError
 from searchsr.halving import STOPPED_ATTR
 from searchsr.objectives import Objective
 from searchsr.runs import WEIGHTS_FILE, existing_trial_dir
-from searchsr.space import SearchSpace, contains, to_params
+from searchsr.space import Categorical, SearchSpace, contains, to_params
 from searchsr.storage import load_study, study_names
 
 MAX_RETRIES = 3
@@ -43,17 +43,20 @@ SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")
 GP_MAX_TRIALS = 250  # GPSampler's cost grows as n^3: past this, auto picks TPE/NSGA-II (AutoSampler's bound)
 
 
-def auto_sampler(space: SearchSpace, n_trials: int, n_objectives: int) -> str:
-    """``--sampler auto``: the sampler for this space and trial budget, by the policy of Optuna's
-    AutoSampler (OptunaHub), checked on our recorded table (README, "Choosing a sampler"):
+def auto_sampler(space: SearchSpace, n_trials: int, n_objectives: int, early_stop: bool = False) -> str:
+    """``--sampler auto``: the sampler for this space, budget and early stopping, by the policy of Optuna's
+    AutoSampler (OptunaHub) where it applies, checked on our recorded table (README, "Choosing a sampler"):
 
-    * a conditional space (a ``when``) -> TPE, the one sampler that models conditional parameters
-      (GP and NSGA-II see only the parameters every trial has);
-    * else a small budget (<= ``GP_MAX_TRIALS`` trials) -> GP (sample-efficient; multi-objective and
-      constraints as Optuna 5 supports them);
-    * else NSGA-II for several objectives, TPE for one.
+    * early stopping -> random search, ASHA's own pairing (Li et al.; MO-ASHA, Salinas et al.): the
+      model-based samplers learn little from stopped (PRUNED) trials (GP and NSGA-II read only
+      COMPLETE ones), and on the table random search with early stopping beat them all;
+    * a space with categorical or conditional parameters (ours: se, act, bn; se_ratio when se) -> TPE,
+      which models both (GP treats categories as unordered points, NSGA-II starts random);
+    * an all-numeric space -> GP up to ``GP_MAX_TRIALS`` trials, beyond that NSGA-II (TPE for one objective).
     """
-    if any(param.when for param in space.params.values()):
+    if early_stop:
+        return "random"
+    if any(param.when or isinstance(param, Categorical) for param in space.params.values()):
         return "tpe"
     if n_trials <= GP_MAX_TRIALS:
         return "gp"
@@ -75,7 +78,8 @@ def make_sampler(name: str, seed: int, n_trials: int) -> optuna.samplers.BaseSam
 
 
 def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, ...], sampler: str,
-                  seed: int, n_trials: int, space: SearchSpace | None = None) -> optuna.Study:
+                  seed: int, n_trials: int, space: SearchSpace | None = None, early_stop: bool = False
+                  ) -> optuna.Study:
     """Create or continue the study; an existing one must have the same objectives. Fails (and
     re-queues) the trials a dead driver left RUNNING.
 
@@ -95,7 +99,7 @@ def prepare_study(name: str, storage: RDBStorage, objectives: tuple[Objective, .
                              f"use another --study or the same --objectives")
         offset = len(study.trials)
     if sampler == "auto":  # by the space and the study's whole budget: the trials so far and these
-        sampler = auto_sampler(space or SearchSpace({}), offset + n_trials, len(objectives))
+        sampler = auto_sampler(space or SearchSpace({}), offset + n_trials, len(objectives), early_stop)
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
                                 sampler=make_sampler(sampler, seed + offset, n_trials))
     while not internals.claim_study_key(study, f"searchsr:seed:{seed + offset}"):

@@ -15,24 +15,33 @@ from searchsr.storage import open_storage
 from searchsr.study import auto_sampler, make_sampler, preset_params, prepare_study
 
 
-def test_auto_picks_tpe_for_conditional_spaces_gp_for_small_budgets_then_nsga2() -> None:
-    assert auto_sampler(load_space("tiny"), 20, 2) == "tpe"  # se_ratio exists only when se: conditional
-    assert auto_sampler(load_space("mbv3_sr"), 20, 2) == "tpe"
-    table = load_space("table")  # no conditions
-    assert auto_sampler(table, 48, 2) == "gp" and auto_sampler(table, 250, 2) == "gp"
-    assert auto_sampler(table, 251, 2) == "nsga2" and auto_sampler(table, 251, 1) == "tpe"
+NUMERIC = "params:\n  nf: {int: [8, 32], step: 8}\n  expansion: {float: [1.5, 3.0], step: 0.5}\n"
+
+
+def test_auto_picks_random_with_early_stopping_tpe_for_categories_gp_for_numbers(tmp_path: Path) -> None:
+    (tmp_path / "numeric.yaml").write_text(NUMERIC)
+    numeric = load_space(tmp_path / "numeric.yaml")
+    for name in ("tiny", "mbv3_sr", "table"):  # categorical (se, act, ...) or conditional (se_ratio when se)
+        assert auto_sampler(load_space(name), 20, 2) == "tpe"
+        assert auto_sampler(load_space(name), 20, 2, early_stop=True) == "random"
+    assert auto_sampler(numeric, 48, 2) == "gp" and auto_sampler(numeric, 250, 2) == "gp"
+    assert auto_sampler(numeric, 251, 2) == "nsga2" and auto_sampler(numeric, 251, 1) == "tpe"
     assert isinstance(make_sampler("gp", 0, 10), optuna.samplers.GPSampler)
 
 
 def test_auto_counts_the_trials_a_study_already_has(tmp_path: Path) -> None:
+    (tmp_path / "numeric.yaml").write_text(NUMERIC)
+    numeric = load_space(tmp_path / "numeric.yaml")
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     objectives = parse_objectives("psnr,latency")
-    study = prepare_study("s", storage, objectives, "auto", 0, 10, load_space("table"))
+    study = prepare_study("s", storage, objectives, "auto", 0, 10, numeric)
     assert isinstance(study.sampler, optuna.samplers.GPSampler)
     for _ in range(245):
         study.enqueue_trial({"nf": 8})  # trials so far count towards the study's budget
-    study = prepare_study("s", storage, objectives, "auto", 0, 10, load_space("table"))
+    study = prepare_study("s", storage, objectives, "auto", 0, 10, numeric)
     assert isinstance(study.sampler, optuna.samplers.NSGAIISampler)
+    again = prepare_study("s", storage, objectives, "auto", 0, 10, numeric, early_stop=True)
+    assert isinstance(again.sampler, optuna.samplers.RandomSampler)
 
 
 def test_enqueue_paper_queues_the_table_2_points_inside_the_space() -> None:

@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra constraint like 'latency_ms <= 40' or 'params <= 100000' (repeatable)")
     p.add_argument("--trials", type=int, default=12, help="new trials in this invocation (default: 12)")
     p.add_argument("--sampler", default="auto",
-                   help="auto, tpe, gp, nsga2 or random (default: auto: TPE for a space with conditional "
-                        "parameters, else GP up to 250 trials, then NSGA-II; README, 'Choosing a sampler')")
+                   help="auto, tpe, gp, nsga2 or random (default: auto: random with --early-stop pareto, else "
+                        "TPE for a space with categorical or conditional parameters, else GP up to 250 trials, then "
+                        "NSGA-II; README, 'Choosing a sampler')")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default: 0)")
     p.add_argument("--schedule", default="short", help="training schedule per trial (default: short)")
     p.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
