@@ -139,3 +139,13 @@ def test_an_architecture_drawn_again_costs_only_what_it_trains_beyond_its_earlie
     run = replay(table, space, "random", 0, 1.0, OBJECTIVES, early_stop=True, eta=2,
                  sampler=_InOrder(["A", "C", "B", "C"]))
     assert run.networks == 3 and run.compute_to_goal == pytest.approx(36 / 60)
+
+
+def test_the_shipped_table_covers_its_space_and_states_its_noise() -> None:
+    from searchsr.replay import check_space
+
+    table = load_table(ROOT / "benchmarks" / "tables" / "table_short_sun80.csv")
+    check_space(table, load_space("table"))  # every network of spaces/table.yaml is in it
+    assert len(table.entries) == 48 and table.rungs == (37, 111, 333) and table.last == 1000
+    assert table.noise["pairs"] >= 8 and table.noise["psnr_abs_diff_max"] < 0.5
+    assert all(e.seconds(37) < e.seconds(111) < e.seconds(333) < e.seconds(1000) for e in table.entries.values())
