@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the proxy schedule, scores PSNR-Y/SSIM-Y, counts FLOPs/params and "
                                    "measures latency; ends with the Pareto front.")
     p.add_argument("--space", default=DEFAULT_SPACE,
-                   help=f"a shipped space (mbv3_sr, quick, tiny) or a space YAML file (default: {DEFAULT_SPACE}; "
+                   help=f"a shipped space (mbv3_sr, quick, table, tiny) or a space YAML file (default: {DEFAULT_SPACE}; "
                         "searchsr/spaces/mbv3_sr.yaml documents the format)")
     p.add_argument("--objectives", default="psnr,latency",
                    help="comma-separated subset of psnr, ssim, latency, flops, params, activations, memory "
