@@ -70,6 +70,11 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
         return report
     try:
         cfg = ArchConfig.from_dict(config["arch"])
+        schedule = load_schedule(config["schedule"])
+        device = resolve_device(None)  # where ``train`` will run
+        # refused up front (counted on the meta device) rather than OOM-killed, and re-queued, mid-training
+        check_fits_training(cfg, schedule.batch_size, schedule.patch_size, device_available_bytes(device),
+                            where="this machine" if device.type == "cpu" else f"this machine's {device}")
         costs = ray.get(meter.measure.remote(cfg.to_dict()))
         broken = violated(config.get("constraints", ()), costs)
         if broken:
@@ -78,11 +83,6 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
             tune.report(report)
             return report
         torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
-        schedule = load_schedule(config["schedule"])
-        device = resolve_device(None)  # where ``train`` will run
-        # refused up front (counted on the meta device) rather than OOM-killed, and re-queued, mid-training
-        check_fits_training(cfg, schedule.batch_size, schedule.patch_size, device_available_bytes(device),
-                            where="this machine" if device.type == "cpu" else f"this machine's {device}")
         train_set, val_set = load_split(config["train_dir"], config["val_dir"], cfg.scale,
                                         config.get("val_count", 0))
         source = config.get("retry_of") if config.get("retry_of") is not None else config.get("same_as")

@@ -25,7 +25,7 @@ def test_default_space_works_outside_the_checkout(tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path)  # no spaces/ folder here
     settings = settings_from_args(build_parser().parse_args(["run"]))
     assert "nf" in settings.space.params and settings.space.source.endswith("mbv3_sr.yaml")
-    with pytest.raises(ValueError, match=r"nope\.yaml.*shipped spaces: mbv3_sr, quick, tiny"):
+    with pytest.raises(ValueError, match=r"nope\.yaml.*shipped spaces: mbv3_sr, quick, table, tiny"):
         settings_from_args(build_parser().parse_args(["run", "--space", "nope.yaml"]))
 
 

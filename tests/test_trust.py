@@ -43,8 +43,13 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def test_every_run_and_driver_of_a_study_uses_its_stored_yardstick(tmp_path: Path) -> None:
     space = tmp_path / "xlite.yaml"
     space.write_text(XLITE_SPACE)
+    space.write_text(XLITE_SPACE.replace('  n_blocks: 8\n', '  n_blocks: {"int": [8, 10]}\n'))
     first = _ok(subprocess.run(_run(tmp_path, 1, space=str(space)), capture_output=True, text=True, timeout=600))
     assert "latency yardstick: XLITE" in first.stderr
+    # two other depths queued, one for each driver: three networks, so none reuses another's result
+    study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
+    for n_blocks in sorted({8, 9, 10} - {study.trials[0].params["n_blocks"]}):
+        study.enqueue_trial({"n_blocks": n_blocks})
     drivers = [subprocess.Popen(_run(tmp_path, 1, "--seed", str(seed), space=str(space)), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for seed in (1, 2)]  # two drivers at once
     for driver in drivers:
@@ -54,7 +59,7 @@ def test_every_run_and_driver_of_a_study_uses_its_stored_yardstick(tmp_path: Pat
     yardstick = study.user_attrs["yardstick"]["xlite_ms"]
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     assert len(trials) == 3 and all(t.user_attrs["arch"]["nf"] == 16 for t in trials)
-    for t in trials:  # the same network in three processes: milliseconds differ exactly as the ratios do
+    for t in trials:  # three depths in three processes: milliseconds differ exactly as the ratios do
         assert t.user_attrs["xlite_ms"] == yardstick
         assert t.user_attrs["latency_ms"] == pytest.approx(t.user_attrs["latency_ratio"] * yardstick, rel=1e-12)
         assert t.user_attrs["latency_host"] and t.user_attrs["latency_lr_size"] == "128x128"
