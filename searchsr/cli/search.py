@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "PRUNED, never on the front (default: none)")
     p.add_argument("--eta", type=int, default=3, help="early stopping keeps the top 1/eta at each rung (default: 3)")
     p.add_argument("--first-rung", type=int, default=0, metavar="STEPS",
-                   help="the first rung's step (default: the schedule's steps / eta^3, e.g. 56 for short)")
+                   help="the first rung's step (default: the schedule's steps / eta^3, e.g. 38 for short)")
     p.add_argument("--stale-after", type=int, default=60, metavar="SECONDS",
                    help="a RUNNING trial without heartbeat this long lost its driver: on the next run it is "
                         "marked FAIL and its parameters re-queued (default: 60)")
