@@ -342,8 +342,7 @@ def enumerate_space(space: SearchSpace) -> list[ArchConfig]:
             values.append(tuple(range(param.low, param.high + 1, param.step)))
         elif isinstance(param, Float):
             if param.step is None:
-                raise UsageError(f"{space.source}: params.{name} is a float range without a step: the space is "
-                                 "not finite")
+                raise UsageError(f"{space.source}: params.{name}: a float range without a step is not finite")
             count = round((param.high - param.low) / param.step)
             values.append(tuple(round(param.low + i * param.step, 10) for i in range(count + 1)))
         else:
@@ -366,9 +365,8 @@ def contains(space: SearchSpace, cfg: ArchConfig) -> bool:
     for name, value in params.items():
         param = space.params[name]
         if isinstance(param, (Int, Float)):
-            off_grid = param.step is not None and abs((value - param.low) / param.step - round(
-                (value - param.low) / param.step)) > 1e-9
-            if not param.low <= value <= param.high or off_grid:
+            steps = (value - param.low) / param.step if param.step else 0.0
+            if not param.low <= value <= param.high or abs(steps - round(steps)) > 1e-9:
                 return False
     return True
 
