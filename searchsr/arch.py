@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from searchsr.blocks import BicubicUpsample, MBConvSR, UpsampleStage, make_act
-from searchsr.config import ArchConfig, upsample_factors
+from searchsr.baselines import build_reference
+from searchsr.config import AnyArch, ArchConfig, upsample_factors
 
 
 class MobileSR(nn.Module):
@@ -77,6 +78,9 @@ class MobileSR(nn.Module):
         return y + self.skip(x) if self.skip is not None else y
 
 
-def build_model(cfg: ArchConfig) -> MobileSR:
-    """Pure function: a freshly initialised network for ``cfg``."""
-    return MobileSR(cfg)
+def build_model(cfg: AnyArch) -> nn.Module:
+    """Pure function: a freshly initialised network for ``cfg``, a member of the family (``MobileSR``) or,
+    for a reference network's config, that network (``searchsr.baselines``)."""
+    if isinstance(cfg, ArchConfig):
+        return MobileSR(cfg)
+    return build_reference(cfg)

@@ -142,6 +142,8 @@ def bench_concurrency(arch: str, trials: int, concurrency: int, schedule: str, l
 
     _at_least(trials=(trials, 2), concurrency=(concurrency, 0), latency_runs=(latency_runs, 1))
     cfg = load_arch(arch)
+    if not isinstance(cfg, ArchConfig):
+        raise UsageError(f"--arch {arch}: a search's trials are the family's networks, not a reference network")
     with tempfile.TemporaryDirectory(prefix="searchsr-bench-") as tmp:
         storage = f"sqlite:///{tmp}/bench.db"
         run_search(SearchSettings(space=SearchSpace.fixed(cfg), objectives=parse_objectives("psnr,latency"),

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -125,6 +125,85 @@ PAPER_POINTS: dict[str, ArchConfig] = {
 }
 
 
+class _Reference:
+    """What the reference networks' configs share (``searchsr.baselines`` builds them): the same interface as
+    ``ArchConfig`` (``scale``, dict/JSON/YAML forms, ``replace``), with ``model`` naming the network in every
+    stored form, so a run folder's ``config.json`` says which network it trained."""
+
+    name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{self.name}: {f.name} must be an integer >= 1, got {value!r}")
+        upsample_factors(self.scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.name, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        data = {k: v for k, v in data.items() if k != "model"}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown {cls.name} field {unknown[0]!r} (known: model, {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> Any:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class MSRResNetConfig(_Reference):
+    """BasicSR's MSRResNet, the AIM 2020 efficient-SR baseline of the paper's Table 1."""
+
+    nf: int = 64
+    n_blocks: int = 16
+    scale: int = 4
+    name: ClassVar[str] = "msrresnet"
+
+
+@dataclass(frozen=True)
+class FSRCNNConfig(_Reference):
+    """FSRCNN (Dong et al. 2016) of the paper's Table 3: d, s, m as in its paper (56, 12, 4)."""
+
+    d: int = 56
+    s: int = 12
+    m: int = 4
+    scale: int = 4
+    name: ClassVar[str] = "fsrcnn"
+
+
+# The reference networks of the paper's tables, outside the family: `--arch NAME`, `retrain --baselines NAME`.
+REFERENCES: dict[str, MSRResNetConfig | FSRCNNConfig] = {"msrresnet": MSRResNetConfig(), "fsrcnn": FSRCNNConfig()}
+# Every named network a comparison can include: the paper's presets and the references.
+BASELINES: dict[str, Any] = {**PRESETS, **REFERENCES}
+AnyArch = ArchConfig | MSRResNetConfig | FSRCNNConfig
+
+
+def arch_from_dict(data: Any) -> AnyArch:
+    """A stored architecture (a run's ``config.json``, a YAML file): a reference network when it names one
+    under ``model``, else a member of the family."""
+    if isinstance(data, dict) and "model" in data:
+        if data["model"] not in REFERENCES:
+            raise UsageError(f"unknown model {data['model']!r} (known: {', '.join(REFERENCES)})")
+        return type(REFERENCES[data["model"]]).from_dict(data)
+    return ArchConfig.from_dict(data)
+
+
+def arch_label(cfg: AnyArch) -> str:
+    """A network in a few words, for messages: ``nf=16, N=8`` or the reference's name."""
+    return f"nf={cfg.nf}, N={cfg.n_blocks}" if isinstance(cfg, ArchConfig) else cfg.name
+
+
 def parse_value(field_name: str, text: str) -> Any:
     """Parse a ``--set key=value`` string into the field's type (booleans as true/false)."""
     types = {f.name: f.type for f in fields(ArchConfig)}
@@ -142,7 +221,10 @@ def parse_value(field_name: str, text: str) -> Any:
 
 
 def apply_overrides(cfg: ArchConfig, pairs: list[str]) -> ArchConfig:
-    """Apply ``key=value`` overrides to a config."""
+    """Apply ``key=value`` overrides to a config (the family's fields: none apply to a reference network)."""
+    if pairs and not isinstance(cfg, ArchConfig):
+        raise UsageError(f"--set does not apply to {cfg.name}: it changes the family's fields, and {cfg.name} "
+                         "is a fixed reference network")
     changes: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -152,13 +234,14 @@ def apply_overrides(cfg: ArchConfig, pairs: list[str]) -> ArchConfig:
     return cfg.replace(**changes)
 
 
-def load_arch(spec: str) -> ArchConfig:
-    """A preset name (lite, xlite) or a YAML/JSON file holding the config (optionally under ``arch:``)."""
-    if spec in PRESETS:
-        return PRESETS[spec]
+def load_arch(spec: str) -> AnyArch:
+    """A preset name (lite, xlite), a reference network (msrresnet, fsrcnn) or a YAML/JSON file holding the
+    config (optionally under ``arch:``)."""
+    if spec in BASELINES:
+        return BASELINES[spec]
     path = Path(spec)
     if not path.is_file():
-        raise UsageError(f"unknown architecture {spec!r}: not a preset ({', '.join(PRESETS)}) or an existing file")
+        raise UsageError(f"unknown architecture {spec!r}: not a preset ({', '.join(BASELINES)}) or an existing file")
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -166,6 +249,6 @@ def load_arch(spec: str) -> ArchConfig:
     if isinstance(data, dict) and isinstance(data.get("arch"), dict):
         data = data["arch"]
     try:
-        return ArchConfig.from_dict(data)
+        return arch_from_dict(data)
     except (ValueError, TypeError) as err:
         raise UsageError(f"{spec}: {err}") from None

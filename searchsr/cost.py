@@ -4,7 +4,11 @@ FLOP convention (the paper's, recovered from Tables 2 and 4): the paper's "FLOPs
 twice a ptflops-style MAC count, where one MAC is charged for
 
 * every multiply-accumulate of a conv or matmul (taken from
-  ``torch.utils.flop_counter.FlopCounterMode``, which already reports 2 * MACs),
+  ``torch.utils.flop_counter.FlopCounterMode``, which already reports 2 * MACs), except that a
+  transposed conv is charged per *output* pixel (in x out / groups x kh x kw MACs each), as ptflops
+  counts it (its ``conv_flops_counter_hook`` serves ``ConvTranspose2d`` too) and the tables of SR
+  networks print it: FSRCNN's 9x9 stride-4 deconvolution as a conv over the HR grid, 16x the
+  multiplies it really does (``searchsr.baselines``),
 * every output element of a conv with a bias (the bias add),
 * two per BatchNorm output element (scale and shift; Table 4: removing BN saves
   exactly 4 FLOPs per BN element, -1.6G LITE and -0.18G XLITE),
@@ -15,7 +19,7 @@ bicubic skip (Table 4: ~0.0G), pixel shuffle, SE pooling/gating, residual adds.
 MACs = FLOPs / 2. With this convention all 7 rows of Table 2 agree within 1%.
 
 Activations follow the paper (after Radosavovic et al.): total elements of every
-conv layer's output tensor (the bicubic skip is an interpolation, not a layer).
+conv (or transposed conv) layer's output tensor (the bicubic skip is an interpolation, not a layer).
 """
 
 from __future__ import annotations
@@ -80,12 +84,15 @@ def count_cost(model: nn.Module, lr_size: tuple[int, int] = (256, 256)) -> Cost:
     elementwise = 0
     activations = 0
 
-    def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         nonlocal elementwise, activations
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             activations += output.numel()
             if module.bias is not None:
                 elementwise += 2 * output.numel()
+            if isinstance(module, nn.ConvTranspose2d):  # per output pixel, as ptflops: see the docstring
+                per_position = 2 * module.weight.numel()  # in x out/groups x kh x kw multiply-adds
+                elementwise += per_position * (output[0, 0].numel() - inputs[0][0, 0].numel()) * output.shape[0]
         elif isinstance(module, nn.BatchNorm2d):
             elementwise += 4 * output.numel()
         elif isinstance(module, _NONLINEARITIES):

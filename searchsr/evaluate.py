@@ -111,7 +111,7 @@ def context_radius(model: nn.Module) -> int:
     """
     radius = 0
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):  # a deconv's reach in LR pixels is smaller
             radius += max((k // 2) * d for k, d in zip(module.kernel_size, module.dilation))
         elif isinstance(module, BicubicUpsample):
             radius += 2

@@ -65,6 +65,9 @@ def load_run(run_dir: str | Path) -> tuple[ArchConfig, MobileSR, dict[str, Any]]
     """
     run_dir = Path(run_dir)
     config, cfg = read_run_config(run_dir)
+    if not isinstance(cfg, ArchConfig):
+        raise UsageError(f"{run_dir}: export takes the family's networks; {cfg.name} is a reference network "
+                         "(score it with `searchsr eval --checkpoint`)")
     cfg, model = load_weights(run_dir / WEIGHTS_FILE, cfg)
     return cfg, model, run_provenance(run_dir, config)
 

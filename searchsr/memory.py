@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from searchsr.arch import build_model
-from searchsr.config import ArchConfig
+from searchsr.config import ArchConfig, arch_label
 from searchsr.cost import count_params
 from searchsr.errors import UsageError
 
@@ -107,7 +107,7 @@ def check_fits_training(cfg: ArchConfig, batch: int, patch: int, available: int 
     need = training_memory(cfg, batch, patch).total
     have = available_memory_bytes() if available is None else available
     if need > have:
-        raise UsageError(f"nf={cfg.nf}, N={cfg.n_blocks} needs at least {need / 2**30:.1f} GiB to train at batch "
+        raise UsageError(f"{arch_label(cfg)} needs at least {need / 2**30:.1f} GiB to train at batch "
                          f"{batch} x {patch}x{patch}; {where} has {have / 2**30:.1f} GiB of memory available")
 
 
@@ -116,5 +116,5 @@ def check_fits_memory(cfg: ArchConfig, lr_size: tuple[int, int]) -> None:
     need, have = inference_bytes(cfg, lr_size), available_memory_bytes()
     if need > have:
         h, w = lr_size
-        raise UsageError(f"nf={cfg.nf}, N={cfg.n_blocks} at LR {h}x{w} needs at least {need / 2**30:.1f} GiB "
+        raise UsageError(f"{arch_label(cfg)} at LR {h}x{w} needs at least {need / 2**30:.1f} GiB "
                          f"(weights and activations); this machine has {have / 2**30:.1f} GiB available")

@@ -20,7 +20,7 @@ import socket
 from typing import Any
 
 from searchsr.arch import build_model
-from searchsr.config import PRESETS, ArchConfig
+from searchsr.config import PRESETS, arch_from_dict
 from searchsr.cost import count_cost, measure_latency, peak_memory_bytes, prepare_for_timing, stable_ratio
 
 LATENCY_SIZE = (128, 128)  # LR input for search-time latency; `searchsr profile` does any size
@@ -50,7 +50,7 @@ class CostMeter:
         self.yardstick_ms = float(xlite_ms)
 
     def measure(self, arch: dict[str, Any]) -> dict[str, Any]:
-        model = build_model(ArchConfig.from_dict(arch))
+        model = build_model(arch_from_dict(arch))
         cost = count_cost(model, COST_SIZE)
         fused = prepare_for_timing(model)
         est = stable_ratio(fused, self.reference, lr_size=self.lr_size, runs=self.runs, threads=self.threads,

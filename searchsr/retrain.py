@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from searchsr.arch import build_model
-from searchsr.config import PRESETS, ArchConfig
+from searchsr.config import BASELINES, AnyArch, ArchConfig, arch_from_dict
 from searchsr.errors import RetrainFailed, UsageError
 from searchsr.runs import existing_trial_dir, for_workers, ray_dir, trial_name
 from searchsr.schedule import Schedule
@@ -36,7 +36,7 @@ class Job:
     """One network to retrain: a study trial or a paper baseline."""
 
     name: str  # "trial_00012" or "lite": also the run folder's name (searchsr.runs)
-    arch: ArchConfig
+    arch: AnyArch
     trial: int | None
     short_psnr: float | None  # the search's proxy score (None for a baseline not in the study)
 
@@ -66,13 +66,13 @@ def select_jobs(study: optuna.Study, trials: list[int] | None, front: bool, base
             raise UsageError(f"trial {number} is {trial.state.name}, not a completed search trial")
         jobs.append(Job(trial_name(number), ArchConfig.from_dict(trial.user_attrs["arch"]), number,
                         trial.user_attrs.get("psnr")))
-    for name in baselines:
-        if name not in PRESETS:
-            raise UsageError(f"--baselines: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    for name in baselines:  # the paper's presets and its reference networks (searchsr.baselines)
+        if name not in BASELINES:
+            raise UsageError(f"--baselines: unknown preset {name!r} (known: {', '.join(BASELINES)})")
         match = [t for t in by_number.values() if t.state == TrialState.COMPLETE
-                 and t.user_attrs.get("arch") == PRESETS[name].to_dict()]
-        if not any(job.arch == PRESETS[name] for job in jobs):
-            jobs.append(Job(name, PRESETS[name], match[0].number if match else None,
+                 and t.user_attrs.get("arch") == BASELINES[name].to_dict()]
+        if not any(job.arch == BASELINES[name] for job in jobs):
+            jobs.append(Job(name, BASELINES[name], match[0].number if match else None,
                             match[0].user_attrs.get("psnr") if match else None))
     return jobs
 
@@ -116,7 +116,7 @@ def retrain_trial(config: dict[str, Any], meter: Any) -> None:
     from searchsr.runs import CONFIG_FILE, RESULT_FILE
     from searchsr.train import load_trained, train
 
-    cfg = ArchConfig.from_dict(config["arch"])
+    cfg = arch_from_dict(config["arch"])
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
     run_dir = Path(config["out"]) / config["name"]
     schedule = load_schedule(config["schedule"])
@@ -138,9 +138,11 @@ def comparison_table(jobs: list[Job], scores: dict[str, dict], costs: dict[str, 
     """One row per network: benchmark PSNR-Y/SSIM-Y, costs, proxy PSNR, baselines it dominates."""
     rows = []
     for job in jobs:
-        baseline = next((name for name, preset in PRESETS.items() if preset == job.arch), "")
-        row: dict[str, Any] = {"model": job.name, "trial": job.trial, "baseline": baseline, "nf": job.arch.nf,
-                               "N": job.arch.n_blocks, "arch": job.arch.to_json()}
+        baseline = next((name for name, preset in BASELINES.items() if preset == job.arch), "")
+        family = isinstance(job.arch, ArchConfig)  # a reference network has no nf/N of the family's
+        row: dict[str, Any] = {"model": job.name, "trial": job.trial, "baseline": baseline,
+                               "nf": job.arch.nf if family else None, "N": job.arch.n_blocks if family else None,
+                               "arch": job.arch.to_json()}
         for bench, s in scores[job.name].items():
             row[f"{bench}_psnr_y"], row[f"{bench}_ssim_y"] = s["psnr_y"], s["ssim_y"]
         c = costs[job.name]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from searchsr.config import ArchConfig
+from searchsr.config import AnyArch, arch_from_dict
 from searchsr.errors import UsageError, first_line
 from searchsr.files import read_json
 
@@ -35,7 +35,7 @@ def trial_dir(root: str | Path, number: int) -> Path:
     return Path(root) / trial_name(number)
 
 
-def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], ArchConfig]:
+def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], AnyArch]:
     """The config of a *finished* run folder and its architecture; anything missing, unfinished or
     damaged is a one-line UsageError (``eval --checkpoint``, ``export --checkpoint``, retrain)."""
     run_dir = Path(run_dir)
@@ -49,7 +49,7 @@ def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], ArchConfig]:
     if not isinstance(config, dict) or not isinstance(config.get("arch"), dict):
         raise UsageError(f"{run_dir / CONFIG_FILE}: no 'arch' mapping: not a run's config")
     try:
-        return config, ArchConfig.from_dict(config["arch"])
+        return config, arch_from_dict(config["arch"])
     except (ValueError, TypeError) as err:
         raise UsageError(f"{run_dir / CONFIG_FILE}: {first_line(err)}") from None
 

@@ -113,3 +113,30 @@ def test_a_front_trial_that_is_a_preset_counts_as_that_baseline() -> None:
     table = comparison_table(jobs, scores, costs)
     assert list(table["baseline"]) == ["xlite", "", ""]
     assert list(table["dominates"]) == ["", "xlite", ""]
+
+
+def test_reference_networks_as_retrain_baselines() -> None:
+    """``retrain --baselines lite,msrresnet,fsrcnn``: the reference networks join the table as baselines."""
+    from searchsr.cli import build_parser
+    from searchsr.cli.options import csv_list
+    from searchsr.config import PRESETS, FSRCNNConfig, MSRResNetConfig
+    from searchsr.errors import UsageError
+    from searchsr.retrain import comparison_table, longest_first, select_jobs
+
+    args = build_parser().parse_args(["retrain", "--baselines", "lite, msrresnet,fsrcnn", "--out", "x"])
+    assert build_parser().parse_args(["retrain", "--out", "x"]).baselines == "lite,xlite"  # today's default
+    study = optuna.create_study()
+    jobs = select_jobs(study, None, False, csv_list(args.baselines))
+    assert [(j.name, j.arch, j.trial) for j in jobs] == [("lite", PRESETS["lite"], None),
+                                                        ("msrresnet", MSRResNetConfig(), None),
+                                                        ("fsrcnn", FSRCNNConfig(), None)]
+    with pytest.raises(UsageError, match="known: lite, xlite, msrresnet, fsrcnn"):
+        select_jobs(study, None, False, ["srcnn"])
+    assert [j.name for j in longest_first(jobs)] == ["msrresnet", "lite", "fsrcnn"]
+    scores = {j.name: {"set5": {"psnr_y": psnr, "ssim_y": 0.8}} for j, psnr in zip(jobs, (30.0, 30.1, 29.0))}
+    costs = {j.name: {"params": 1, "flops": flops, "latency_ms": ms, "latency_ratio": 1.0}
+             for j, flops, ms in zip(jobs, (58e9, 333e9, 10e9), (10.0, 60.0, 2.0))}
+    table = comparison_table(jobs, scores, costs)
+    assert list(table["baseline"]) == ["lite", "msrresnet", "fsrcnn"]
+    assert table["nf"].isna().tolist() == [False, True, True] and json.loads(table["arch"][2])["model"] == "fsrcnn"
+    assert list(table["dominates"]) == ["", "", ""]

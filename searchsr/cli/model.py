@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from searchsr.cli import options
-from searchsr.config import ArchConfig, apply_overrides, load_arch
+from searchsr.config import AnyArch, apply_overrides, load_arch
 from searchsr.defaults import DEFAULT_TILE
 from searchsr.errors import UsageError
 
@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Score x4 (or --scale) super-resolution of every image in --data: LR made "
                                    "by MATLAB bicubic, Y channel, crop border = scale, mean over images.")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--arch", help="bicubic, a preset (lite, xlite; untrained) or a YAML/JSON config file")
+    which.add_argument("--arch", help="bicubic, a preset (lite, xlite) or reference network (msrresnet, fsrcnn), "
+                                      "untrained, or a YAML/JSON config file")
     which.add_argument("--checkpoint", metavar="RUN", help="a finished run folder written by `searchsr train`")
     p.add_argument("--data", required=True, help="folder of HR images")
     p.add_argument("--scale", type=int, help="upscaling factor (default: the network's; 4 for bicubic)")
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def resolve_arch(args: argparse.Namespace) -> ArchConfig:
+def resolve_arch(args: argparse.Namespace) -> AnyArch:
     return apply_overrides(load_arch(args.arch), args.overrides)
 
 

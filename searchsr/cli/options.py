@@ -44,8 +44,8 @@ def arch(*, with_arch: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     if with_arch:
         parser.add_argument("--arch", default="xlite",
-                            help="preset (lite = nf 72/N 16, xlite = nf 16/N 8) or a YAML/JSON config file "
-                                 "(default: xlite)")
+                            help="preset (lite = nf 72/N 16, xlite = nf 16/N 8), a reference network of the "
+                                 "paper's tables (msrresnet, fsrcnn) or a YAML/JSON config file (default: xlite)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set nf=32 --set se=false (repeatable); "
                              f"fields: {', '.join(ArchConfig.__dataclass_fields__)}")

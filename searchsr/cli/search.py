@@ -78,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pick = p.add_mutually_exclusive_group()
     pick.add_argument("--trials", help="comma-separated trial numbers, e.g. 12,31")
     pick.add_argument("--front", action="store_true", help="every trial on the Pareto front")
-    p.add_argument("--baselines", default="lite,xlite", help="paper presets retrained alongside (default: lite,xlite)")
+    p.add_argument("--baselines", default="lite,xlite",
+                   help="networks of the paper's tables retrained alongside: its presets lite, xlite and the "
+                        "reference networks msrresnet, fsrcnn (default: lite,xlite)")
     p.add_argument("--schedule", default="full",
                    help="full (the paper's), medium (1.5x short, for CPUs), short, smoke or a YAML file "
                         "(default: full)")
