@@ -1,7 +1,7 @@
 """Retrain chosen trials (and the paper's LITE/XLITE) with one schedule, then compare.
 
-One Ray Tune trial per network (one GPU each where there are GPUs), each resumable from
-its run folder's checkpoint: rerunning the same command continues where it stopped.
+One Ray Tune trial per network (where there are GPUs, each its share of one: ``searchsr.packing``),
+each resumable from its run folder's checkpoint: rerunning the same command continues where it stopped.
 Every network is scored on every benchmark folder and costed by the same ``CostMeter``
 the search used. The comparison (``ComparisonRow`` objects -> pandas) is written as CSV
 and Markdown, written back to the study as ``retrain_*`` user attributes, and the search
@@ -114,7 +114,7 @@ def retrain_trial(config: dict[str, Any], meter: Any) -> None:
     from searchsr.evaluate import evaluate, model_upscaler
     from searchsr.schedule import load_schedule
     from searchsr.runs import CONFIG_FILE, RESULT_FILE
-    from searchsr.train import load_trained, train
+    from searchsr.train import load_trained, resolve_device, train
 
     cfg = arch_from_dict(config["arch"])
     torch.set_num_threads(max(1, int(config["cpus_per_trial"])))
@@ -125,7 +125,7 @@ def retrain_trial(config: dict[str, Any], meter: Any) -> None:
         val_set = load_images(config["val_dir"], "val", cfg.scale)
         train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
               resume=(run_dir / CONFIG_FILE).is_file(), progress=False)
-    _, model = load_trained(run_dir)
+    model = load_trained(run_dir)[1].to(resolve_device(None))  # scored on the GPU Ray assigned, if any
     scores = {}
     for bench in config["bench"]:
         result = evaluate(model_upscaler(model), load_folder(bench, cfg.scale))
@@ -260,16 +260,16 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     from searchsr.data import check_patch_size, load_folder, load_images
     from searchsr.evaluate import check_scorable
     from searchsr.files import check_writable_dir
+    from searchsr.packing import check_gpus_per_trial, describe_shares, gpu_fits, gpu_shares, trial_resources
     from searchsr.runs import RESULT_FILE
-    from searchsr.raysession import (TrialProgress, check_address, cluster_cpus, cluster_gpus, ray_session,
-                                     start_meter)
+    from searchsr.raysession import (TrialProgress, check_address, check_resources, cluster_cpus, cluster_gpus,
+                                     ray_session, start_meter)
     from searchsr.schedule import load_schedule, schedule_for_workers
     from searchsr.storage import load_study, open_storage
 
     if settings.cpus_per_trial < 1:
         raise UsageError(f"--cpus-per-trial must be >= 1, got {settings.cpus_per_trial}")
-    if settings.gpus_per_trial < 0:
-        raise UsageError(f"--gpus-per-trial must be >= 0, got {settings.gpus_per_trial}")
+    check_gpus_per_trial(settings.gpus_per_trial)
     check_writable_dir(settings.out, label=f"--out {settings.out}")
     check_address(settings.address)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
@@ -287,11 +287,15 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
             check_scorable(load_folder(bench, scale))
     settings.out.mkdir(parents=True, exist_ok=True)
     with ray_session(settings.address, settings.verbose):
-        gpus = cluster_gpus()
-        gpus_per_trial = settings.gpus_per_trial or (1 if gpus else 0)
-        slots = int(gpus // gpus_per_trial) if gpus_per_trial else cluster_cpus()
-        concurrency = max(1, min(len(jobs), slots // (1 if gpus_per_trial else settings.cpus_per_trial)))
+        gpus = cluster_gpus()  # without --gpus-per-trial, each network asks for its own share of a GPU
+        shares = gpu_shares({j.name: j.arch for j in jobs}, settings.gpus_per_trial, gpus, schedule.batch_size,
+                            schedule.patch_size)
+        check_resources(settings.cpus_per_trial, max(shares.values()))
+        slots = cluster_cpus() // settings.cpus_per_trial
+        concurrency = max(1, min(len(jobs), slots, gpu_fits(gpus, min(shares.values())) or slots))
         pending = [j for j in jobs if not (settings.out / j.name / RESULT_FILE).is_file()]
+        if pending and gpus:
+            say(describe_shares(shares, settings.gpus_per_trial, gpus))
         if pending and not gpus:
             eta = estimate_seconds(pending, schedule, concurrency, settings.cpus_per_trial)
             say(f"retraining {len(pending)} of {len(jobs)} network(s) with schedule {schedule.name} on CPU, "
@@ -305,7 +309,7 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
         arch_by_name = {j.name: j.arch.to_dict() for j in jobs}
         trainable = tune.with_resources(
             tune.with_parameters(_with_arch, meter=meter, arch_by_name=arch_by_name),
-            {"cpu": settings.cpus_per_trial, "gpu": gpus_per_trial})
+            lambda trial_config: trial_resources(settings.cpus_per_trial, shares[trial_config["name"]]))
         progress = TrialProgress(len(jobs), "network", _describe_done, _describe_error, lines=sys.stderr)
         tuner = tune.Tuner(trainable, param_space=config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),

@@ -34,6 +34,7 @@ from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY
 from searchsr.errors import NothingCompleted, Terminated, TooManyFailures, UsageError
 from searchsr.halving import DEFAULT_ETA, default_first_rung, rung_steps
 from searchsr.objectives import Constraint, Objective
+from searchsr.packing import check_gpus_per_trial, plan_concurrency, trial_resources
 from searchsr.space import SearchSpace
 from searchsr.storage import STALE_AFTER_S, check_study_name, mask_url, open_storage
 
@@ -109,11 +110,11 @@ class SearchSettings:
         for name, value, low in (("--trials", self.trials, 1), ("--cpus-per-trial", self.cpus_per_trial, 1),
                                  ("--concurrency", self.concurrency, 0), ("--seed", self.seed, 0),
                                  ("--max-failures", self.max_failures, 0), ("--stale-after", self.stale_after, 2),
-                                 ("--latency-runs", self.latency_runs, 1),
-                                 ("--gpus-per-trial", self.gpus_per_trial, 0), ("--eta", self.eta, 2),
+                                 ("--latency-runs", self.latency_runs, 1), ("--eta", self.eta, 2),
                                  ("--first-rung", self.first_rung, 0)):
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
+        check_gpus_per_trial(self.gpus_per_trial)
         if self.early_stop == "none" and (self.first_rung or self.eta != DEFAULT_ETA):
             raise UsageError("--eta and --first-rung set early stopping: add --early-stop pareto")
         check_study_name(self.study)
@@ -171,16 +172,6 @@ def _held_out_fingerprint(folder: str, count: int) -> dict[str, str]:
 
     files = [(p.name, p.stat().st_size) for p in held_out(list_images(Path(folder)), count)]
     return {"label": f"{count} image(s) held out of {folder}", "key": _digest(repr(files))}
-
-
-def plan_concurrency(requested: int, cpus: int, cpus_per_trial: int) -> tuple[int, str | None]:
-    """Trials to run at once (0 requested: as many as the CPUs hold), and a note when more were asked
-    for than the cluster's CPUs can run (Ray would queue them silently)."""
-    fits = max(1, cpus // cpus_per_trial)
-    if requested > fits:
-        return requested, (f"note: --concurrency {requested}, but the cluster's {cpus} CPU(s) at {cpus_per_trial} "
-                           f"per trial run at most {fits} trial(s) at once (Ray queues the rest)")
-    return requested or fits, None
 
 
 def space_scales(space: SearchSpace) -> list[int]:
@@ -242,8 +233,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from searchsr.raysession import (TrialProgress, check_resources, cluster_cpus, ray_session, sigterm_as_interrupt,
-                                     start_meter)
+    from searchsr.raysession import (TrialProgress, check_resources, cluster_cpus, cluster_gpus, ray_session,
+                                     sigterm_as_interrupt, start_meter)
     from searchsr.recording import make_searcher
     from searchsr.rungs import ParetoHalving
     from searchsr.schedule import load_schedule
@@ -258,7 +249,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     check_continuation(storage, settings, setup)  # reads only: a refusal writes nothing
     with ray_session(settings.address, settings.verbose), sigterm_as_interrupt() as signals:
         check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
-        concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial)
+        concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial,
+                                             cluster_gpus(), settings.gpus_per_trial)
         meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource)
         study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
                               settings.trials, settings.space, settings.early_stop != "none")
@@ -290,7 +282,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         # Rung and infeasible results carry no PSNR; the searcher never tells them as objective values.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         trainable = tune.with_resources(tune.with_parameters(run_trial, meter=meter),
-                                        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+                                        trial_resources(settings.cpus_per_trial, settings.gpus_per_trial))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),

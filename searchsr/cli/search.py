@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--enqueue", default="xlite",
                    help="paper networks to put in the study first: 'paper' (every Table 2 point inside the space, "
                         "a warm start), or names: lite, xlite, paper-NF-N (default: xlite; '' for none)")
-    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial (default: 0)")
+    p.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="GPUs per trial: a fraction packs trials onto one GPU (0.25: four at once), else a whole "
+                        "number (default: 0)")
     p.add_argument("--concurrency", type=int, default=0, help="trials at once (default: CPUs / cpus-per-trial)")
     p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
@@ -90,7 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="benchmark folder scored after training (required, repeatable)")
     p.add_argument("--out", required=True, help="output folder (run folders, comparison.csv/.md)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per network (default: 1 where there are GPUs)")
+    p.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="GPUs per network, the same for all; a fraction packs networks onto one GPU (default: where "
+                        "there are GPUs, each network's own share by its training cost: LITE 1, XLITE 0.25)")
     p.set_defaults(func=cmd_retrain)
 
 
