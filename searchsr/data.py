@@ -1,9 +1,11 @@
-"""HR image sets, their MATLAB-bicubic LR counterparts, and random training patches.
+"""HR image sets and their MATLAB-bicubic LR counterparts.
 
 Every SR benchmark degrades its ground truth the same way: mod-crop the HR image
 to the scale, then ``imresize(hr, 1/scale)`` rounded to uint8 (``searchsr.imresize``).
-An ``ImageSet`` holds those (HR, LR) pairs in memory; a training trial samples
-aligned random patches from them (``PatchDataset``), evaluation scores whole images.
+An ``ImageSet`` holds those (HR, LR) pairs as read-only arrays, mapped from the
+machine's image cache (``searchsr.imagecache``: one copy per machine); a training
+run samples aligned random patches from them (``searchsr.patches``), evaluation
+scores whole images.
 
 Images are kept as uint8 numpy arrays: HxWx3 for colour, HxW for grayscale, because
 the benchmark scripts score a single-channel image on its gray value. Only the
@@ -14,18 +16,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import skimage
 import skimage.data
 import torch
 from PIL import Image, ImageOps
 
 from searchsr.errors import UsageError
+from searchsr.imagecache import cached_arrays, file_identity
 from searchsr.imresize import imresize_uint8, mod_crop
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -131,17 +134,25 @@ def list_images(folder: Path) -> list[Path]:
     return paths
 
 
-@functools.lru_cache(maxsize=None)
-def _cached_pair(path: str, mtime_ns: int, scale: int) -> ImagePair:
-    """The LR is computed once per file version and scale (repeated trials in one process)."""
-    return make_pair(Path(path).name, read_image(Path(path)), scale, path)
+@functools.lru_cache(maxsize=64)
+def _cached_pairs(paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...], scale: int) -> tuple[ImagePair, ...]:
+    """The pairs of ``paths``: from the machine's image cache (``searchsr.imagecache``: decoded and
+    downscaled once per machine, one shared read-only copy), and once per process per file version."""
+    files = [Path(p) for p in paths]
+
+    def compute() -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(pair.hr, pair.lr) for pair in (make_pair(f.name, read_image(f), scale) for f in files)]
+
+    return tuple(ImagePair(f.name, hr, lr, str(f))
+                 for f, (hr, lr) in zip(files, cached_arrays(file_identity(files), scale, compute)))
 
 
 def load_folder(folder: str | Path, scale: int, paths: list[Path] | None = None, label: str = "") -> ImageSet:
     """Every image in ``folder`` (or the chosen ``paths`` of it) as (HR, LR) pairs for ``scale``."""
     folder = Path(folder).resolve()
     chosen = list_images(folder) if paths is None else paths
-    pairs = tuple(_cached_pair(str(p), p.stat().st_mtime_ns, scale) for p in chosen)
+    stats = [p.stat() for p in chosen]
+    pairs = _cached_pairs(tuple(str(p) for p in chosen), tuple((s.st_size, s.st_mtime_ns) for s in stats), scale)
     return ImageSet(f"{folder}{label}", scale, pairs)
 
 
@@ -184,12 +195,24 @@ def check_val_count(train_dir: str | Path | None, val_dir: str | Path | None, va
 
 
 def load_skimage(split: str, scale: int) -> ImageSet:
-    """The embedded default data: ``split`` is ``train`` or ``val`` (see ``SKIMAGE_TRAIN``/``SKIMAGE_VAL``)."""
+    """The embedded default data: ``split`` is ``train`` or ``val`` (see ``SKIMAGE_TRAIN``/``SKIMAGE_VAL``);
+    the pairs come from the machine's image cache like a folder's (keyed by scikit-image's version)."""
     loaders = {"train": SKIMAGE_TRAIN, "val": SKIMAGE_VAL}.get(split)
     if loaders is None:
         raise UsageError(f"skimage split must be train or val, got {split!r}")
-    pairs = tuple(make_pair(f"{name}.png", load(), scale) for name, load in loaders.items())
-    return ImageSet(f"skimage:{split} ({', '.join(loaders)})", scale, pairs)
+    return ImageSet(f"skimage:{split} ({', '.join(loaders)})", scale, _skimage_pairs(split, scale))
+
+
+@functools.lru_cache(maxsize=8)
+def _skimage_pairs(split: str, scale: int) -> tuple[ImagePair, ...]:
+    loaders = SKIMAGE_TRAIN if split == "train" else SKIMAGE_VAL
+    names = [f"{name}.png" for name in loaders]
+
+    def compute() -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(pair.hr, pair.lr) for pair in (make_pair(n, load(), scale) for n, load in zip(names, loaders.values()))]
+
+    identity = [(n, f"scikit-image {skimage.__version__}") for n in names]
+    return tuple(ImagePair(n, hr, lr) for n, (hr, lr) in zip(names, cached_arrays(identity, scale, compute)))
 
 
 def load_images(folder: str | Path | None, split: str, scale: int) -> ImageSet:
@@ -211,61 +234,3 @@ def check_patch_size(images: ImageSet, patch_size: int) -> None:
         if min(h, w) < patch_size:
             raise UsageError(f"{pair.name}: LR image {h}x{w} is smaller than the "
                              f"{patch_size}x{patch_size} training patch (HR {images.scale}x that)")
-
-
-class PatchDataset(torch.utils.data.Dataset):
-    """``length`` random aligned (LR, HR) patch pairs with flips and 90-degree rotations.
-
-    Sample ``i`` draws from its own generator seeded by ``(seed, i)``, so every sample
-    is a pure function of its index: a run resumed at step ``k`` reads exactly the
-    samples the uninterrupted run would, with no RNG state to save, and the result is
-    the same with any number of loader workers.
-    """
-
-    def __init__(self, images: ImageSet, patch_size: int, seed: int, length: int) -> None:
-        check_patch_size(images, patch_size)
-        self.images = images.images
-        self.scale = images.scale
-        self.patch_size = patch_size
-        self.seed = seed
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, index])
-        pair = self.images[rng.integers(len(self.images))]
-        p, s = self.patch_size, self.scale
-        h, w = pair.lr.shape[:2]
-        y, x = rng.integers(h - p + 1), rng.integers(w - p + 1)
-        lr = pair.lr[y : y + p, x : x + p]
-        hr = pair.hr[s * y : s * (y + p), s * x : s * (x + p)]
-        hflip, vflip, transpose = rng.integers(2, size=3)
-        return to_tensor(augment(lr, hflip, vflip, transpose)), to_tensor(augment(hr, hflip, vflip, transpose))
-
-
-def augment(img: np.ndarray, hflip: bool, vflip: bool, transpose: bool) -> np.ndarray:
-    """One of the 8 flips/rotations of the square; applied identically to LR and HR."""
-    if hflip:
-        img = img[:, ::-1]
-    if vflip:
-        img = img[::-1]
-    if transpose:
-        img = img.swapaxes(0, 1)
-    return img
-
-
-def default_workers() -> int:
-    """Loader processes: patch cropping is cheap, so on a machine with two cores or fewer a
-    worker would only steal a core from the training threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores - 1)
-
-
-def patch_loader(dataset: PatchDataset, batch_size: int, start_step: int,
-                 device: torch.device) -> torch.utils.data.DataLoader:
-    """Batches for steps ``start_step, start_step + 1, ...``: sample indices run on from the resumed step."""
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=range(start_step * batch_size, len(dataset)),
-        num_workers=default_workers(), pin_memory=device.type == "cuda", drop_last=True)

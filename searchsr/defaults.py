@@ -5,3 +5,5 @@ DEFAULT_STORAGE = "sqlite:///studies/searchsr.db"
 DEFAULT_STUDY = "searchsr"
 DEFAULT_SPACE = "mbv3_sr"  # a shipped space (searchsr/spaces/), so it works from any folder
 DEFAULT_TILE = 256  # LR tile side for evaluating and upscaling large images
+PRECISIONS = ("fp32", "bf16", "fp16")  # of a training step (searchsr.tuning)
+MEMORY_FORMATS = ("channels_last", "contiguous")

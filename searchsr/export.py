@@ -91,7 +91,8 @@ def run_provenance(run_dir: str | Path, config: dict[str, Any] | None = None) ->
                    "final_loss": result.get("loss"), "device": result.get("device")}
     return {"source": {"kind": "checkpoint", "run_dir": str(run_dir.resolve())},
             "schedule": config.get("schedule"), "data": config.get("data"), "seed": config.get("seed"),
-            "amp": config.get("amp"), "training_command": config.get("command"), "metrics": metrics}
+            "precision": config.get("precision") or ("fp16" if config.get("amp") else "fp32"),
+            "training_command": config.get("command"), "metrics": metrics}
 
 
 def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:

@@ -124,7 +124,8 @@ def retrain_trial(config: dict[str, Any], meter: Any) -> None:
         train_set = load_images(config["train_dir"], "train", cfg.scale)
         val_set = load_images(config["val_dir"], "val", cfg.scale)
         train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
-              resume=(run_dir / CONFIG_FILE).is_file(), progress=False)
+              resume=(run_dir / CONFIG_FILE).is_file(), progress=False, precision=config["precision"],
+              memory_format=config["memory_format"], compile=config["compile"])
     model = load_trained(run_dir)[1].to(resolve_device(None))  # scored on the GPU Ray assigned, if any
     scores = {}
     for bench in config["bench"]:
@@ -250,6 +251,9 @@ class RetrainSettings:
     gpus_per_trial: float = 0
     address: str | None = None
     latency_runs: int = 10
+    precision: str = "fp32"  # of the training step (searchsr.tuning)
+    memory_format: str = "auto"
+    compile: bool = False
     verbose: bool = False
 
 
@@ -293,6 +297,8 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
         check_resources(settings.cpus_per_trial, max(shares.values()))
         slots = cluster_cpus() // settings.cpus_per_trial
         concurrency = max(1, min(len(jobs), slots, gpu_fits(gpus, min(shares.values())) or slots))
+        if settings.precision == "fp16" and not gpus:
+            raise UsageError("--precision fp16 trains on GPUs only and the Ray cluster has none: use bf16 or fp32")
         pending = [j for j in jobs if not (settings.out / j.name / RESULT_FILE).is_file()]
         if pending and gpus:
             say(describe_shares(shares, settings.gpus_per_trial, gpus))
@@ -305,6 +311,8 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
                   "train_dir": for_workers(settings.train_dir), "val_dir": for_workers(settings.val_dir),
                   "bench": [for_workers(b) for b in settings.bench],
                   "seed": settings.seed, "cpus_per_trial": settings.cpus_per_trial,
+                  "precision": settings.precision, "memory_format": settings.memory_format,
+                  "compile": settings.compile,
                   "name": tune.grid_search([j.name for j in longest_first(jobs)])}
         arch_by_name = {j.name: j.arch.to_dict() for j in jobs}
         trainable = tune.with_resources(

@@ -72,6 +72,9 @@ class SearchSettings:
     early_stop: str = "none"  # "pareto": Pareto successive halving (searchsr.rungs)
     eta: int = DEFAULT_ETA  # early stopping keeps the top 1/eta at each rung
     first_rung: int = 0  # 0: halving.default_first_rung(schedule steps, eta)
+    precision: str = "fp32"  # of the training step (searchsr.tuning); validation is fp32
+    memory_format: str = "auto"
+    compile: bool = False
     verbose: bool = False
 
     @property
@@ -105,6 +108,8 @@ class SearchSettings:
 
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.precision == "fp16" and not self.gpus_per_trial:
+            raise UsageError("--precision fp16 trains on GPUs only: add --gpus-per-trial, or use bf16 on CPUs")
         if self.early_stop not in EARLY_STOP:
             raise UsageError(f"--early-stop must be one of {', '.join(EARLY_STOP)}, got {self.early_stop!r}")
         for name, value, low in (("--trials", self.trials, 1), ("--cpus-per-trial", self.cpus_per_trial, 1),
@@ -138,7 +143,8 @@ class SearchSettings:
                 "train data": _data_fingerprint(self.train_dir, "train"),
                 "validation data": (_data_fingerprint(self.val_dir, "val") if not self.val_count else
                                     _held_out_fingerprint(self.train_dir, self.val_count)),
-                "space": {"label": self.space.source, "key": _digest(repr(sorted(self.space.params.items())))}}
+                "space": {"label": self.space.source, "key": _digest(repr(sorted(self.space.params.items())))},
+                "precision": {"label": self.precision, "key": self.precision}}
 
     def worker_config(self) -> dict[str, Any]:
         """What every trial's worker needs besides its arch; absolute paths, since Ray workers run in
@@ -150,6 +156,7 @@ class SearchSettings:
                 "val_dir": for_workers(self.val_dir), "val_count": self.val_count,
                 "runs_root": for_workers(self.runs_root), "seed": self.seed,
                 "cpus_per_trial": self.cpus_per_trial, "rungs": list(self.rungs()),
+                "precision": self.precision, "memory_format": self.memory_format, "compile": self.compile,
                 "constraints": [str(c) for c in self.all_constraints]}
 
 

@@ -102,7 +102,8 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
         else:
             result = train(cfg, schedule, train_set, val_set, run_dir, seed=config["seed"],
                            resume=(run_dir / CONFIG_FILE).is_file(), progress=False,
-                           rungs=config.get("rungs", ()), on_rung=on_rung)
+                           rungs=config.get("rungs", ()), on_rung=on_rung, precision=config.get("precision", "fp32"),
+                           memory_format=config.get("memory_format", "auto"), compile=config.get("compile", False))
             scores = {"psnr": result.val.psnr_y, "ssim": result.val.ssim_y, "psnr_bicubic": result.bicubic.psnr_y,
                       "train_seconds": result.train_seconds, "steps": result.step, "device": result.device}
     except SystemExit:  # Tune stopping the trial (early stopping, Ctrl-C): not a failure of the trial

@@ -6,6 +6,7 @@ import csv
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,10 @@ import pytest
 from optuna.trial import TrialState
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# The machine's image cache (searchsr.imagecache) of this test session, inherited by every process
+# the tests start (CLI runs, Ray workers): tests neither read a user's cache nor leave theirs there.
+os.environ.setdefault("SEARCHSR_CACHE", tempfile.mkdtemp(prefix="searchsr-test-cache-"))
 
 
 def read_paper_table(name: str) -> list[dict[str, str]]:

@@ -7,8 +7,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from searchsr.data import (SKIMAGE_TRAIN, SKIMAGE_VAL, PatchDataset, load_folder, load_skimage, read_image,
-                           to_tensor)
+from searchsr.data import SKIMAGE_TRAIN, SKIMAGE_VAL, load_folder, load_skimage, read_image, to_tensor
 from searchsr.imresize import imresize_uint8
 
 RNG = np.random.default_rng(3)
@@ -102,49 +101,3 @@ def test_embedded_split_is_fixed_and_disjoint():
     assert val.source.startswith("skimage:val")
     with pytest.raises(ValueError, match="test"):
         load_skimage("test", 4)
-
-
-def _folder_set(tmp_path, shapes):
-    for i, shape in enumerate(shapes):
-        Image.fromarray(photo(*shape)).save(tmp_path / f"{i}.png")
-    return load_folder(tmp_path, 4)
-
-
-def test_patches_are_aligned_under_every_augmentation(tmp_path):
-    # Flips and transposes commute with imresize, so a correctly aligned pair has
-    # LR == imresize(HR patch) away from the patch border (where the kernel's mirror
-    # padding differs from the real neighbours). One HR pixel of shift breaks it.
-    images = _folder_set(tmp_path, [(96, 120), (80, 80)])
-    dataset = PatchDataset(images, patch_size=12, seed=5, length=64)
-    for i in range(len(dataset)):
-        lr, hr = dataset[i]
-        assert lr.shape == (3, 12, 12) and hr.shape == (3, 48, 48)
-        lr_u8 = np.round(lr.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        hr_u8 = np.round(hr.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        down = imresize_uint8(hr_u8, 1 / 4).astype(int)
-        assert np.abs(down[3:-3, 3:-3] - lr_u8[3:-3, 3:-3]).max() <= 1
-        shifted = imresize_uint8(np.roll(hr_u8, 1, axis=1), 1 / 4).astype(int)
-        assert np.abs(shifted[3:-3, 3:-3] - lr_u8[3:-3, 3:-3]).max() > 1
-
-
-def test_augmentations_cover_the_eight_symmetries(tmp_path):
-    # A patch covering the whole LR image isolates the augmentation.
-    images = _folder_set(tmp_path, [(32, 32)])
-    dataset = PatchDataset(images, patch_size=8, seed=0, length=200)
-    variants = {dataset[i][0].numpy().tobytes() for i in range(len(dataset))}
-    assert len(variants) == 8
-
-
-def test_samples_depend_only_on_seed_and_index(tmp_path):
-    images = _folder_set(tmp_path, [(64, 64)])
-    a = PatchDataset(images, 8, seed=1, length=10)
-    b = PatchDataset(images, 8, seed=1, length=10)
-    c = PatchDataset(images, 8, seed=2, length=10)
-    assert all((a[i][1] == b[i][1]).all() for i in range(10))
-    assert any((a[i][1] != c[i][1]).any() for i in range(10))
-
-
-def test_image_smaller_than_patch_names_the_file(tmp_path):
-    images = _folder_set(tmp_path, [(64, 64), (40, 64)])
-    with pytest.raises(ValueError, match="1.png: LR image 10x16 is smaller than the 12x12"):
-        PatchDataset(images, patch_size=12, seed=0, length=4)

@@ -13,10 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from searchsr.arch import build_model
 from searchsr.config import ArchConfig
-from searchsr.data import PatchDataset, load_folder
+from searchsr.data import load_folder
 from searchsr.evaluate import evaluate, model_upscaler
 from searchsr.schedule import Schedule
 from searchsr.errors import DivergedError
+from searchsr.patches import PatchSampler
 from searchsr.train import load_trained, train
 
 CFG = ArchConfig(nf=8, n_blocks=2)
@@ -67,8 +68,7 @@ def test_run_folder_and_paper_optimisation(data, tmp_path):
     # The first logged loss is the L1 of the seeded initial network on the first batch.
     torch.manual_seed(3)
     model = build_model(CFG).train()
-    batch = [PatchDataset(data[0], 12, seed=3, length=2)[i] for i in range(2)]
-    lr, hr = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    lr, hr = PatchSampler(data[0], 12, 2, seed=3, device=torch.device("cpu")).batch(0)
     assert float(train_rows[0]["loss"]) == pytest.approx(F.l1_loss(model(lr), hr).item(), rel=1e-5)
 
     (val_row,) = [r for r in rows if r["val_psnr_y"]]
@@ -163,3 +163,49 @@ def test_nan_loss_is_a_clear_error(data, tmp_path):
     with pytest.raises(DivergedError, match=r"loss is (nan|inf) at step \d: training diverged"):
         _train(data, tmp_path / "run", schedule=wild)
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_bf16_trains_and_scores_close_to_fp32(data, tmp_path):
+    schedule = Schedule("bf16", steps=40, batch_size=4, patch_size=12, lr=0.005, milestones=(20, 30), log_every=10)
+    fp32 = _train(data, tmp_path / "fp32", schedule=schedule)
+    bf16 = _train(data, tmp_path / "bf16", schedule=schedule, precision="bf16")
+    assert bf16.precision == "bf16" and json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    assert bf16.val.psnr_y > bf16.bicubic.psnr_y - 3  # it learned: scored in fp32, not diverged
+    assert abs(bf16.val.psnr_y - fp32.val.psnr_y) < 0.05
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(tmp_path / "fp32").values(),
+                                                    _weights(tmp_path / "bf16").values()))  # it did run in bf16
+
+
+def test_precision_and_memory_format_refusals(data, tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        _train(data, tmp_path / "a", precision="fp16")
+    with pytest.raises(ValueError, match="--precision must be one of fp32, bf16, fp16"):
+        _train(data, tmp_path / "b", precision="fp8")
+    with pytest.raises(ValueError, match="memory format must be auto"):
+        _train(data, tmp_path / "c", memory_format="nhwc")
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_memory_format_is_chosen_kept_on_resume_and_old_amp_runs_resume(data, tmp_path):
+    run = tmp_path / "run"
+    _train(data, run, until=3, memory_format="contiguous")
+    with safe_open(run / "checkpoint.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["state"])["memory_format"] == "contiguous"
+    config = json.loads((run / "config.json").read_text())
+    config["amp"] = config.pop("precision") == "fp16"  # a run folder from before --precision
+    (run / "config.json").write_text(json.dumps(config))
+    assert _train(data, run, resume=True).memory_format == "contiguous"  # auto keeps the checkpoint's
+    straight = _train(data, tmp_path / "straight", memory_format="contiguous")
+    assert straight.memory_format == "contiguous"
+    a, b = _weights(run), _weights(tmp_path / "straight")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_choosing_a_memory_format_leaves_the_network_untouched():
+    from searchsr.tuning import choose_memory_format
+
+    model = build_model(CFG).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    choice, seconds = choose_memory_format(model, torch.rand(2, 3, 12, 12), torch.rand(2, 3, 48, 48), "fp32")
+    assert choice in ("channels_last", "contiguous") and seconds[choice] == min(seconds.values()) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

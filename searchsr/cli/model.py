@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default: 1)")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("train", parents=[options.common(), options.arch(), options.device(),
+    p = sub.add_parser("train", parents=[options.common(), options.arch(), options.device(), options.training(),
                                          options.json_output("print the result as one JSON object")],
                        help="train one network (Sec. 4.1: L1, Adam, halving lr) into a run folder",
                        description="Train a network on random LR/HR patches and validate it (PSNR-Y/SSIM-Y "
@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder; must be new or empty unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--seed", type=int, default=0, help="initialisation and patch sampling seed (default: 0)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", dest="precision", action="store_const", const="fp16",
+                   help=argparse.SUPPRESS)  # before --precision: --amp was fp16 autocast
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"LR tile side for validating large images (default: {DEFAULT_TILE})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -138,13 +139,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_set, val_set = load_split(args.train_dir, args.val_dir, cfg.scale, args.val_count)
     command = {k: v for k, v in vars(args).items() if k not in ("func", "debug")}
     result = train(cfg, schedule, train_set, val_set, args.out, seed=args.seed, resume=args.resume,
-                   progress=not args.no_progress, device=args.device, amp=args.amp, tile=args.tile,
-                   command=command)
+                   progress=not args.no_progress, device=args.device, precision=args.precision,
+                   memory_format=args.memory_format, compile=args.compile, tile=args.tile, command=command)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
     val, bicubic = result.val, result.bicubic
-    print(f"{cfg.to_json()}  {schedule.name}: {result.step} steps in {result.seconds:.1f} s on {result.device}")
+    print(f"{cfg.to_json()}  {schedule.name}: {result.step} steps in {result.seconds:.1f} s on {result.device} "
+          f"({result.precision}, {result.memory_format})")
     print(f"validation on {val_set.source}: PSNR-Y {val.psnr_y:.2f} dB, SSIM-Y {val.ssim_y:.4f} "
           f"({val.psnr_y - bicubic.psnr_y:+.2f} dB vs bicubic {bicubic.psnr_y:.2f} dB / {bicubic.ssim_y:.4f})")
     print(f"run folder: {args.out}")

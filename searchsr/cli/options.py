@@ -9,7 +9,7 @@ import argparse
 import os
 
 from searchsr.config import ArchConfig
-from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY
+from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY, MEMORY_FORMATS, PRECISIONS
 
 DEVICES = "cpu, cuda or cuda:N"
 
@@ -61,6 +61,20 @@ def json_output(help: str = "print one JSON object instead of text") -> argparse
 def device() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--device", type=device_name, help=f"{DEVICES} (default: cuda if present)")
+    return parser
+
+
+def training() -> argparse.ArgumentParser:
+    """``--precision``, ``--memory-format``, ``--compile``: how a training step runs (``searchsr.tuning``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="training step precision: fp32, bf16 (autocast; CPUs and Ampere+ GPUs) or fp16 "
+                             "(autocast + loss scaling; CUDA); validation is always fp32 (default: fp32)")
+    parser.add_argument("--memory-format", choices=("auto", *MEMORY_FORMATS), default="auto",
+                        help="the training step's memory format; auto times a few steps of both on the run's "
+                             "device and keeps the faster (default: auto)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training step (minutes to compile: for long schedules)")
     return parser
 
 

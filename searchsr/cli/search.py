@@ -11,7 +11,7 @@ from searchsr.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", parents=[options.common(), options.study(), options.ray_cluster()],
+    p = sub.add_parser("run", parents=[options.common(), options.study(), options.ray_cluster(), options.training()],
                        help="search: Optuna multi-objective study, trials run by Ray Tune",
                        description="Run N new trials of a study (created or continued): each trial trains "
                                    "the proxy schedule, scores PSNR-Y/SSIM-Y, counts FLOPs/params and "
@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV table")
     p.set_defaults(func=cmd_front)
 
-    p = sub.add_parser("retrain", parents=[options.common(), options.study(), options.ray_cluster()],
+    p = sub.add_parser("retrain", parents=[options.common(), options.study(), options.ray_cluster(),
+                                           options.training()],
                        help="retrain front trials and LITE/XLITE with one schedule, compare, write back",
                        description="Retrain chosen trials' architectures and the paper's baselines with the same "
                                    "schedule and data (one Ray Tune trial per network, resumable: rerun to "
@@ -113,7 +114,9 @@ def settings_from_args(args: argparse.Namespace):
                           gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency, address=args.address,
                           latency_runs=args.latency_runs, max_failures=args.max_failures,
                           stale_after=args.stale_after, meter_resource=args.meter_resource,
-                          early_stop=args.early_stop, eta=args.eta, first_rung=args.first_rung, verbose=args.verbose)
+                          early_stop=args.early_stop, eta=args.eta, first_rung=args.first_rung,
+                          precision=args.precision, memory_format=args.memory_format, compile=args.compile,
+                          verbose=args.verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -193,7 +196,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         baselines=options.csv_list(args.baselines), schedule=args.schedule, train_dir=args.train_dir,
         val_dir=args.val_dir, bench=args.bench or [], out=Path(args.out), seed=args.seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
-        verbose=args.verbose))
+        precision=args.precision, memory_format=args.memory_format, compile=args.compile, verbose=args.verbose))
     print(table.drop(columns=["arch"]).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     if fidelity:
         print(f"proxy fidelity on {fidelity.benchmark} ({fidelity.models} models): Kendall tau "
