@@ -6,6 +6,7 @@
 * ``bench_concurrency``: one architecture timed in every trial of a concurrent search: how much
   does the search's latency vary under load?
 * ``bench_train``: training steps/s per variant (eager, channels_last, torch.compile) and eval time.
+* ``bench_data``: the training data path alone (``searchsr.patches``): batches/s on the training device.
 
 ``time_train_steps`` is also the retrain estimate's step timer (``searchsr.retrain``).
 """
@@ -189,3 +190,41 @@ def bench_train(archs: list[str], batch: int, patch: int, steps: int, warmup: in
             if on_result is not None:
                 on_result(name, "eval_seconds", result.seconds)
     return report
+
+
+@dataclass(frozen=True)
+class DataBench:
+    """The data path: ``batches`` batches of ``batch`` x ``patch``^2 LR patches (and their HR) gathered on
+    ``device`` from ``source``; ``set_mb`` is the training set's uint8 size, where it lives ``home``."""
+
+    source: str
+    device: str
+    home: str
+    set_mb: float
+    ms_per_batch: float  # median
+    samples_per_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_data(train_dir: str | None, batch: int, patch: int, batches: int, device: str) -> DataBench:
+    import torch
+
+    from searchsr.data import load_images
+    from searchsr.patches import PatchSampler
+
+    _at_least(batch=(batch, 1), patch=(patch, 4), batches=(batches, 1))
+    images = load_images(train_dir, "train", 4)
+    dev = torch.device(device)
+    sampler = PatchSampler(images, patch, batch, seed=0, device=dev)
+    times = []
+    for step in range(batches + 1):  # the first (page faults, allocation) untimed
+        start = time.perf_counter()
+        sampler.batch(step)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times[1:])
+    size = sum(p.hr.nbytes + p.lr.nbytes for p in images.images) / 2**20
+    return DataBench(images.source, str(dev), str(sampler.home), round(size, 1), 1e3 * median, batch / median)

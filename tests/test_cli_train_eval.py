@@ -79,7 +79,9 @@ def test_zero_config_train_uses_embedded_photos(tmp_path, capsys):
     (["eval", "--arch", "xlite", "--scale", "2", "--data", "{tmp}/empty"], "--scale 2 differs"),
     (["eval", "--checkpoint", "{tmp}", "--data", "{tmp}/empty"], "not a run folder"),
     (["train", "--schedule", "weekly", "--out", "{tmp}/run"], "unknown schedule 'weekly'"),
-    (["train", "--schedule", "smoke", "--amp", "--device", "cpu", "--out", "{tmp}/run"], "--amp needs a CUDA"),
+    (["train", "--schedule", "smoke", "--amp", "--device", "cpu", "--out", "{tmp}/run"], "fp16 needs a CUDA"),
+    (["train", "--schedule", "smoke", "--precision", "fp16", "--device", "cpu", "--out", "{tmp}/run"],
+     "--precision fp16 needs a CUDA device"),
     (["train", "--schedule", "smoke", "--train-dir", "{tmp}/corrupt", "--out", "{tmp}/run"], "bad.png"),
     (["train", "--schedule", "smoke", "--val-dir", "{tmp}/empty", "--out", "{tmp}/run"], "no images"),
 ])

@@ -51,6 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--eval-data", help="folder to time evaluation on (e.g. ../shared/data/set5)")
     b.set_defaults(func=cmd_train)
 
+    b = bench_sub.add_parser("data", parents=[*common, options.device()],
+                             help="the training data path alone: batches of random aligned patches per second "
+                                  "on the training device (default: the full schedule's 128 x 100x100)")
+    b.add_argument("--train-dir", help="HR training images (default: embedded skimage photos)")
+    b.add_argument("--batch", type=int, default=128, help="patches per batch (default: 128)")
+    b.add_argument("--patch", type=int, default=100, help="LR patch side (default: 100)")
+    b.add_argument("--batches", type=int, default=20, help="timed batches (default: 20)")
+    b.set_defaults(func=cmd_data)
+
     b = bench_sub.add_parser("record", parents=[options.common(), options.ray_cluster()],
                              help="train every network of a finite space, recording PSNR at rungs: the table "
                                   "that bench search replays",
@@ -136,6 +145,19 @@ def cmd_concurrency(args: argparse.Namespace) -> int:
     print(f"{len(r.latencies_ms)} trials of {args.arch} ({args.concurrency or 'max'} at once, {args.schedule}): "
           f"latency {', '.join(f'{v:.1f}' for v in r.latencies_ms)} ms; (max-min)/median {100 * r.spread:.2f}%, "
           f"CV {100 * r.cv:.2f}%")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from searchsr.bench import bench_data
+    from searchsr.train import resolve_device
+
+    r = bench_data(args.train_dir, args.batch, args.patch, args.batches, str(resolve_device(args.device)))
+    if args.json:
+        print(json.dumps(r.to_dict()))
+        return 0
+    print(f"{r.source}: {r.set_mb:.1f} MB of uint8 images on {r.home}; batches of {args.batch} x {args.patch}x"
+          f"{args.patch} LR (x4 HR) on {r.device}: {r.ms_per_batch:.1f} ms each, {r.samples_per_s:.0f} samples/s")
     return 0
 
 
