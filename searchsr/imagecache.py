@@ -21,6 +21,7 @@ in process memory. A folder that cannot be written is the same as ``off`` (with 
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -28,6 +29,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -77,8 +79,8 @@ Arrays = list[tuple[np.ndarray, np.ndarray]]  # (hr, lr) per image, uint8
 
 def cached_arrays(identity: list[tuple[str, str]], scale: int, compute: Callable[[], Arrays]) -> Arrays:
     """The (HR, LR) arrays of the images ``identity`` names (``file_identity``) at ``scale``: read-only
-    views of the machine's cache file,
-    computed with ``compute()`` and written there on a miss (or plain ``compute()`` with the cache off)."""
+    views of the machine's cache file, computed with ``compute()`` and written there on a miss (plain
+    ``compute()`` with the cache off). Processes missing together wait for one to compute it."""
     root = cache_root()
     if root is None:
         return compute()
@@ -87,19 +89,44 @@ def cached_arrays(identity: list[tuple[str, str]], scale: int, compute: Callable
     found = _open_entry(folder, key)
     if found is not None:
         return found
-    arrays = compute()
     try:
-        _write_entry(folder, key, arrays)
+        lock = _build_lock(folder, key)
     except OSError as err:
-        warnings.warn(f"searchsr: image cache {folder} not writable ({err.strerror or err}); "
-                      "each process keeps its own copy", stacklevel=2)
-        return arrays
+        _not_writable(folder, err)
+        return compute()
+    with lock:
+        found = _open_entry(folder, key)  # built while this process waited
+        if found is not None:
+            return found
+        arrays = compute()
+        try:
+            _write_entry(folder, key, arrays)
+        except OSError as err:
+            _not_writable(folder, err)
+            return arrays
     return _open_entry(folder, key) or arrays
+
+
+def _build_lock(folder: Path, key: str) -> TextIO:
+    """An open lock file holding the exclusive right to build entry ``key`` (the kernel releases it if
+    the holder dies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / f".{key}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
+def _not_writable(folder: Path, err: OSError) -> None:
+    warnings.warn(f"searchsr: image cache {folder} not writable ({err.strerror or err}); "
+                  "each process keeps its own copy", stacklevel=3)
 
 
 def _write_entry(folder: Path, key: str, arrays: Arrays) -> None:
     """Data first, index last, each renamed into place: readers see a whole entry or none."""
-    folder.mkdir(parents=True, exist_ok=True)
     index, offset = [], 0
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     try:
