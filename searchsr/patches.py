@@ -13,8 +13,11 @@ on the CPU (245 MB of float32 HR per batch) would set the pace of a GPU run, so 
   batch is a pure function of its step: the same seed gives the same batches on every
   device, and a run resumed at step ``k`` reads exactly the batches the uninterrupted
   run would, with no RNG state to save;
-* the gather is slicing (views), one stack, three batched flips and one uint8 -> float
-  conversion on the device; nothing per pixel runs in Python or NumPy.
+* the gather runs where the images are: on a CPU, per sample a slice and its transpose (views)
+  and one flipping copy straight into a reused float batch (``gather_sliced``); on an
+  accelerator, one indexing of the packed pixels whatever the batch size (``gather_indexed``),
+  then one uint8 -> float conversion. Nothing per pixel runs in Python or NumPy, and both
+  give the same patches (tested).
 
 Batches come out as float NCHW in [0, 1] with channels-last strides (the images are
 HWC), gray images replicated to three channels as ``searchsr.data.to_tensor`` does.
@@ -80,9 +83,12 @@ class Packed:
 
     @classmethod
     def of(cls, images: list[torch.Tensor], device: torch.device) -> Packed:
-        pixels = torch.cat([img.to(device).reshape(-1, 3) for img in images])
+        """``images`` (uint8 HxWx3, wherever they are) copied one by one into one buffer on ``device``."""
         sizes = torch.tensor([img.shape[0] * img.shape[1] for img in images])
         offsets = torch.cumsum(sizes, 0) - sizes
+        pixels = torch.empty(int(sizes.sum()), 3, dtype=torch.uint8, device=device)
+        for img, start, size in zip(images, offsets.tolist(), sizes.tolist()):
+            pixels[start : start + size].copy_(img.reshape(-1, 3))
         return cls(pixels, offsets.to(device), torch.tensor([img.shape[1] for img in images], device=device))
 
 
