@@ -6,6 +6,8 @@
 * ``bench_concurrency``: one architecture timed in every trial of a concurrent search: how much
   does the search's latency vary under load?
 * ``bench_train``: training steps/s per variant (eager, channels_last, torch.compile) and eval time.
+* ``bench_runtimes``: each architecture on every latency backend, timed interleaved: the ratio of
+  each runtime to eager PyTorch, and whether the runtimes rank the architectures alike.
 * ``bench_data``: the training data path alone (``searchsr.patches``): batches/s on the training device.
 
 ``time_train_steps`` is also the retrain estimate's step timer (``searchsr.retrain``).
@@ -228,3 +230,52 @@ def bench_data(train_dir: str | None, batch: int, patch: int, batches: int, devi
     median = statistics.median(times[1:])
     size = sum(p.hr.nbytes + p.lr.nbytes for p in images.images) / 2**20
     return DataBench(images.source, str(dev), str(sampler.home), round(size, 1), 1e3 * median, batch / median)
+
+
+@dataclass(frozen=True)
+class RuntimesBench:
+    """Per architecture, the median ms on each backend over ``repeats`` interleaved measurements and each
+    backend's median per-pair ratio to torch; ``kendall_tau``: rank agreement of the backends' medians."""
+
+    ms: dict[str, dict[str, float]]  # arch -> backend -> median ms
+    ratio_to_torch: dict[str, dict[str, float]]  # arch -> backend -> median per-pair ratio
+    spread: dict[str, dict[str, float]]  # arch -> backend -> (max - min) / median of the repeats' ratios
+    kendall_tau: float | None  # torch vs onnxruntime medians over the architectures (None below 3)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bench_runtimes(archs: list[str], lr_size: tuple[int, int], repeats: int, runs: int, threads: int
+                   ) -> RuntimesBench:
+    from scipy.stats import kendalltau
+
+    from searchsr.arch import build_model
+    from searchsr.cost import measure_latency, pair_ratios
+    from searchsr.defaults import LATENCY_BACKENDS
+    from searchsr.runtimes import runner
+
+    _at_least(repeats=(repeats, 1), runs=(runs, 1), threads=(threads, 1))
+    if not archs:
+        raise UsageError("--archs: give at least one preset or config file")
+    ms: dict[str, dict[str, float]] = {}
+    ratio: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, float]] = {}
+    for name in archs:
+        cfg = load_arch(name)
+        model = build_model(cfg)
+        runners = [runner(model, cfg, backend, threads) for backend in LATENCY_BACKENDS]
+        medians: dict[str, list[float]] = {b: [] for b in LATENCY_BACKENDS}
+        ratios: dict[str, list[float]] = {b: [] for b in LATENCY_BACKENDS}
+        for _ in range(repeats):
+            stats = measure_latency(runners, lr_size, runs=runs, threads=threads)
+            for backend, s in zip(LATENCY_BACKENDS, stats):
+                medians[backend].append(s.median_ms)
+                ratios[backend].append(statistics.median(pair_ratios(s, stats[0])))
+        ms[name] = {b: statistics.median(v) for b, v in medians.items()}
+        ratio[name] = {b: statistics.median(v) for b, v in ratios.items()}
+        spread[name] = {b: (max(v) - min(v)) / statistics.median(v) for b, v in ratios.items()}
+    tau = None
+    if len(archs) >= 3:
+        tau = float(kendalltau([ms[a]["torch"] for a in archs], [ms[a]["onnxruntime"] for a in archs]).statistic)
+    return RuntimesBench(ms, ratio, spread, tau)

@@ -146,8 +146,9 @@ def load_weights(path: str | Path, cfg: ArchConfig | None = None) -> tuple[ArchC
     return cfg, model.eval()
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session; a missing or corrupt file is a one-line ``UsageError``."""
+def ort_session(path: str | Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of a file (or a serialized graph); a missing or corrupt file is a
+    one-line ``UsageError``. What ``upscale`` runs and the ``onnxruntime`` latency backend times."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -160,9 +161,11 @@ def ort_session(path: str | Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own pybind exception types
-        raise UsageError(f"{path}: cannot load ONNX model ({first_line(err)})") from None
+        where = "the ONNX graph" if isinstance(path, bytes) else str(path)
+        raise UsageError(f"{where}: cannot load ONNX model ({first_line(err)})") from None
 
 
 class OnnxModel:

@@ -41,7 +41,7 @@ from searchsr.bundle import (ARCH_FILE, CARD_JSON, CARD_MD, CORE_MASK, INPUT_NAM
                              SE_MEANS, SE_SUMS, STATS_FILE, TILES_FILE, TS_FILE, WEIGHTS_FILE, GraphMetadata,
                              OnnxModel, load_weights, ort_session)
 from searchsr.card import make_card, render_card
-from searchsr.config import ArchConfig
+from searchsr.config import AnyArch, ArchConfig
 from searchsr.deploy import Clamped, TiledGraph, deployable, se_input_means
 from searchsr.errors import UsageError, VerificationError
 from searchsr.evaluate import context_radius, tiles
@@ -133,16 +133,29 @@ def _onnx_bytes(module: nn.Module, args: tuple, input_names: list[str], output_n
     return proto.SerializeToString()
 
 
+def model_onnx(model: nn.Module, cfg: AnyArch) -> bytes:
+    """``model.onnx`` as ``export`` writes it (BN fused, clamped, bicubic skip included), in memory: what
+    the ``onnxruntime`` latency backend times (``searchsr.runtimes``)."""
+    deploy = deployable(model)
+    return _model_graph(deploy, cfg, GraphMetadata(cfg.scale, context_radius(deploy),
+                                                   tuple(TiledGraph(deploy, stats=False).channels), cfg.to_json()))
+
+
+def _model_graph(deploy: nn.Module, cfg: AnyArch, meta: GraphMetadata) -> bytes:
+    height, width = f"height_x{cfg.scale}", f"width_x{cfg.scale}"
+    return _onnx_bytes(
+        Clamped(deploy), (torch.rand(1, 3, 32, 24),), [INPUT_NAME], [OUTPUT_NAME],
+        {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: height, 3: width}},
+        meta, f"searchsr super-resolution network x{cfg.scale}, BN fused, bicubic skip included: {meta.interface}")
+
+
 def _write_onnx(deploy: nn.Module, cfg: ArchConfig, tmp: Path, radius: int) -> list[str]:
     """Write model.onnx (and the SE tiling helpers); returns the file names written."""
     example = torch.rand(1, 3, 32, 24)
     tiled = TiledGraph(deploy, stats=False)
     meta = GraphMetadata(cfg.scale, radius, tuple(tiled.channels), cfg.to_json())
     height, width = f"height_x{cfg.scale}", f"width_x{cfg.scale}"
-    (tmp / ONNX_FILE).write_bytes(_onnx_bytes(
-        Clamped(deploy), (example,), [INPUT_NAME], [OUTPUT_NAME],
-        {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: height, 3: width}},
-        meta, f"searchsr super-resolution network x{cfg.scale}, BN fused, bicubic skip included: {meta.interface}"))
+    (tmp / ONNX_FILE).write_bytes(_model_graph(deploy, cfg, meta))
     if tiled.n_se == 0:
         return [ONNX_FILE]
     if len(set(tiled.channels)) != 1:

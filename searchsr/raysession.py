@@ -82,7 +82,7 @@ def check_resources(cpus_per_trial: int, gpus_per_trial: float) -> None:
                          f"has {cpus} CPU(s) and {gpus:g} GPU(s) (searchsr does not wait for an autoscaler)")
 
 
-def start_meter(threads: int, runs: int, resource: str | None = None) -> Any:
+def start_meter(threads: int, runs: int, resource: str | None = None, backend: str = "torch") -> Any:
     """The driver's one ``CostMeter``, as an actor that runs one measurement at a time; on a node
     with the custom Ray ``resource`` where one is named (every driver of a study then times on the
     same kind of machine: give that resource to the nodes of one CPU type)."""
@@ -92,7 +92,7 @@ def start_meter(threads: int, runs: int, resource: str | None = None) -> Any:
             raise UsageError(f"--meter-resource {resource}: no node of the Ray cluster has that resource "
                              "(ray start --resources '{\"%s\": 1}')" % resource)
         options["resources"] = {resource: 0.001}
-    return ray.remote(**options)(CostMeter).remote(threads, runs)
+    return ray.remote(**options)(CostMeter).remote(threads, runs, backend=backend)
 
 
 class Signals:

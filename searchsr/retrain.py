@@ -254,6 +254,7 @@ class RetrainSettings:
     precision: str = "fp32"  # of the training step (searchsr.tuning)
     memory_format: str = "auto"
     compile: bool = False
+    latency_backend: str = "torch"  # the runtime latency is timed on (searchsr.runtimes)
     verbose: bool = False
 
 
@@ -306,7 +307,7 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
             eta = estimate_seconds(pending, schedule, concurrency, settings.cpus_per_trial)
             say(f"retraining {len(pending)} of {len(jobs)} network(s) with schedule {schedule.name} on CPU, "
                 f"{concurrency} at a time: estimated {eta / 3600:.1f} h ({eta:.0f} s) before evaluation")
-        meter = start_meter(1, settings.latency_runs)
+        meter = start_meter(1, settings.latency_runs, backend=settings.latency_backend)
         config = {"out": for_workers(settings.out), "schedule": schedule_for_workers(settings.schedule),
                   "train_dir": for_workers(settings.train_dir), "val_dir": for_workers(settings.val_dir),
                   "bench": [for_workers(b) for b in settings.bench],

@@ -75,6 +75,7 @@ class SearchSettings:
     precision: str = "fp32"  # of the training step (searchsr.tuning); validation is fp32
     memory_format: str = "auto"
     compile: bool = False
+    latency_backend: str = "torch"  # the runtime latency is timed on (searchsr.runtimes)
     verbose: bool = False
 
     @property
@@ -103,11 +104,13 @@ class SearchSettings:
         from searchsr.data import check_val_count
         from searchsr.files import check_writable_dir
         from searchsr.raysession import check_address
+        from searchsr.runtimes import check_backend
         from searchsr.schedule import load_schedule
         from searchsr.study import SAMPLERS, preset_params
 
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        check_backend(self.latency_backend)
         if self.precision == "fp16" and not self.gpus_per_trial:
             raise UsageError("--precision fp16 trains on GPUs only: add --gpus-per-trial, or use bf16 on CPUs")
         if self.early_stop not in EARLY_STOP:
@@ -144,7 +147,8 @@ class SearchSettings:
                 "validation data": (_data_fingerprint(self.val_dir, "val") if not self.val_count else
                                     _held_out_fingerprint(self.train_dir, self.val_count)),
                 "space": {"label": self.space.source, "key": _digest(repr(sorted(self.space.params.items())))},
-                "precision": {"label": self.precision, "key": self.precision}}
+                "precision": {"label": self.precision, "key": self.precision, "before": "fp32"},
+                "latency backend": {"label": self.latency_backend, "key": self.latency_backend, "before": "torch"}}
 
     def worker_config(self) -> dict[str, Any]:
         """What every trial's worker needs besides its arch; absolute paths, since Ray workers run in
@@ -258,7 +262,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         check_resources(settings.cpus_per_trial, settings.gpus_per_trial)
         concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial,
                                              cluster_gpus(), settings.gpus_per_trial)
-        meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource)
+        meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource,
+                            settings.latency_backend)
         study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
                               settings.trials, settings.space, settings.early_stop != "none")
         record_setup(study, setup)

@@ -291,8 +291,12 @@ def describe_yardstick(yardstick: dict[str, Any]) -> str:
 
 def check_setup(study: optuna.Study, setup: dict[str, dict[str, str]]) -> None:
     """Refuse to continue ``study`` with a schedule, data or space other than the one it ran with:
-    trials scored on other validation data, or trained longer, are not comparable on one front."""
-    stored = study.user_attrs.get(SETUP_ATTR) or {}
+    trials scored on other validation data, or trained longer, are not comparable on one front. A setting
+    newer than the study's record counts as its ``before`` value (what every searchsr before it did)."""
+    stored = dict(study.user_attrs.get(SETUP_ATTR) or {})
+    if stored:
+        stored.update({k: {"label": v["before"], "key": v["before"]} for k, v in setup.items()
+                       if k not in stored and "before" in v})
     changed = [k for k in setup if k in stored and stored[k]["key"] != setup[k]["key"]]
     if changed:
         was = "; ".join(f"{k} {stored[k]['label']}" for k in changed)
@@ -304,7 +308,8 @@ def check_setup(study: optuna.Study, setup: dict[str, dict[str, str]]) -> None:
 def record_setup(study: optuna.Study, setup: dict[str, dict[str, str]]) -> None:
     stored = study.user_attrs.get(SETUP_ATTR) or {}
     if any(k not in stored for k in setup):
-        study.set_user_attr(SETUP_ATTR, {**setup, **stored})
+        study.set_user_attr(SETUP_ATTR, {**{k: {"label": v["label"], "key": v["key"]} for k, v in setup.items()},
+                                         **stored})
 
 
 def study_uid(study: optuna.Study) -> str:

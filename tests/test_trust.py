@@ -148,7 +148,7 @@ def _image_folder(path: Path, n: int) -> Path:
 
 
 @pytest.mark.slow
-def test_a_study_is_continued_only_with_its_schedule_data_and_space(tmp_path: Path) -> None:
+def test_a_study_is_continued_only_with_its_schedule_data_space_and_precision(tmp_path: Path) -> None:
     data = _image_folder(tmp_path / "data", 2)
     _ok(subprocess.run(_run(tmp_path, 1, "--train-dir", str(data), "--val-dir", str(data)), capture_output=True,
                        text=True, timeout=600))
@@ -157,7 +157,8 @@ def test_a_study_is_continued_only_with_its_schedule_data_and_space(tmp_path: Pa
     (tmp_path / "space.yaml").write_text("params:\n  nf: {choices: [8, 24]}\n  n_blocks: 1\n")
     for change, message in ((("--schedule", "short"), "schedule smoke; this run has schedule short"),
                             (("--val-dir", str(other)), "validation data"),
-                            (("--space", str(tmp_path / "space.yaml")), "space")):
+                            (("--space", str(tmp_path / "space.yaml")), "space"),
+                            (("--precision", "bf16"), "precision fp32; this run has precision bf16")):
         out = subprocess.run(_run(tmp_path, 1, "--train-dir", str(data), "--val-dir", str(data), *change),
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 2 and message in out.stderr and "not be comparable" in out.stderr, out.stderr

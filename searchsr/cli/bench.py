@@ -51,6 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--eval-data", help="folder to time evaluation on (e.g. ../shared/data/set5)")
     b.set_defaults(func=cmd_train)
 
+    b = bench_sub.add_parser("runtimes", parents=common,
+                             help="each architecture on every latency backend (torch, onnxruntime), interleaved: "
+                                  "ratios to eager PyTorch and whether the backends rank architectures alike")
+    b.add_argument("--archs", default="xlite,lite", help="presets or files (default: xlite,lite)")
+    b.add_argument("--lr-size", nargs=2, type=int, default=[256, 256], metavar=("H", "W"))
+    b.add_argument("--repeats", type=int, default=3, help="independent measurements (default: 3)")
+    b.add_argument("--runs", type=int, default=10, help="timed runs per measurement (default: 10)")
+    b.add_argument("--threads", type=int, default=1, help="CPU threads of every runtime (default: 1)")
+    b.set_defaults(func=cmd_runtimes)
+
     b = bench_sub.add_parser("data", parents=[*common, options.device()],
                              help="the training data path alone: batches of random aligned patches per second "
                                   "on the training device (default: the full schedule's 128 x 100x100)")
@@ -145,6 +155,24 @@ def cmd_concurrency(args: argparse.Namespace) -> int:
     print(f"{len(r.latencies_ms)} trials of {args.arch} ({args.concurrency or 'max'} at once, {args.schedule}): "
           f"latency {', '.join(f'{v:.1f}' for v in r.latencies_ms)} ms; (max-min)/median {100 * r.spread:.2f}%, "
           f"CV {100 * r.cv:.2f}%")
+    return 0
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    from searchsr.bench import bench_runtimes
+    from searchsr.cli.model import lr_size
+
+    r = bench_runtimes(options.csv_list(args.archs), lr_size(args.lr_size), args.repeats, args.runs, args.threads)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+        return 0
+    h, w = args.lr_size
+    for name, by_backend in r.ms.items():
+        cells = ", ".join(f"{b} {v:.1f} ms (x{r.ratio_to_torch[name][b]:.3f} torch, spread "
+                          f"{100 * r.spread[name][b]:.1f}%)" for b, v in by_backend.items())
+        print(f"{name} at {h}x{w} LR, {args.threads} thread(s): {cells}")
+    if r.kendall_tau is not None:
+        print(f"rank agreement torch vs onnxruntime over {len(r.ms)} architectures: Kendall tau {r.kendall_tau:.3f}")
     return 0
 
 

@@ -17,7 +17,8 @@ MIN_LR_SIDE = 4
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", parents=[options.common(), options.arch(), options.device(), options.json_output()],
+    p = sub.add_parser("profile", parents=[options.common(), options.arch(), options.device(), options.json_output(),
+                                           options.latency_backend("torch")],
                        help="parameters, FLOPs, activations, memory (and latency) of one network",
                        description="Count a network's cost the way the paper does (FLOPs for a 256x256 "
                                    "LR input by default); --latency also times the BN-fused network.")
@@ -88,6 +89,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from searchsr.arch import build_model
     from searchsr.cost import WARMUP_RUNS, count_cost, measure_latency, peak_memory_bytes, prepare_for_timing
     from searchsr.memory import check_fits_memory
+    from searchsr.runtimes import runner, runtime_info
     from searchsr.train import resolve_device
 
     cfg = resolve_arch(args)
@@ -95,6 +97,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     _at_least("--runs", args.runs, 1)
     _at_least("--threads", args.threads, 1)
     device = str(resolve_device(args.device)) if args.latency else None
+    if args.latency and args.latency_backend == "onnxruntime" and device != "cpu":
+        raise UsageError("--latency-backend onnxruntime times ONNX Runtime's CPU provider: add --device cpu")
     check_fits_memory(cfg, size)
     model = build_model(cfg)
     result = {"arch": cfg.to_dict(), **count_cost(model, size).to_dict()}
@@ -104,10 +108,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         with tqdm(total=WARMUP_RUNS + args.runs, desc=f"timing on {device}", unit="run", leave=False, file=sys.stderr,
                   disable=None) as bar:
-            (stats,) = measure_latency([prepare_for_timing(model)], size, runs=args.runs, threads=args.threads,
-                                       device=device, on_run=bar.update)
+            (stats,) = measure_latency([runner(model, cfg, args.latency_backend, args.threads)], size,
+                                       runs=args.runs, threads=args.threads, device=device, on_run=bar.update)
         result.update(latency_ms_median=stats.median_ms, latency_ms_iqr=stats.iqr_ms,
-                      latency_runs=stats.runs, latency_threads=stats.threads, device=stats.device)
+                      latency_runs=stats.runs, latency_threads=stats.threads, device=stats.device,
+                      **{f"latency_{k}": v for k, v in runtime_info(args.latency_backend, args.threads).to_dict().items()
+                         if k != "threads"})
     if args.json:
         print(json.dumps(result))
         return 0
@@ -120,7 +126,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.latency:
         rows.append(("latency (fused)", f"{result['latency_ms_median']:.2f} ms median, "
                                         f"IQR {result['latency_ms_iqr']:.2f} ms, {args.threads} thread(s), "
-                                        f"{result['device']}"))
+                                        f"{result['latency_runtime']} {result['latency_version']}"))
     print(f"{cfg.to_json()}  LR {h}x{w} -> x{cfg.scale}")
     for name, value in rows:
         print(f"  {name:<20} {value}")

@@ -9,7 +9,7 @@ import argparse
 import os
 
 from searchsr.config import ArchConfig
-from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY, MEMORY_FORMATS, PRECISIONS
+from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY, LATENCY_BACKENDS, MEMORY_FORMATS, PRECISIONS
 
 DEVICES = "cpu, cuda or cuda:N"
 
@@ -75,6 +75,15 @@ def training() -> argparse.ArgumentParser:
                              "device and keeps the faster (default: auto)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the training step (minutes to compile: for long schedules)")
+    return parser
+
+
+def latency_backend(default: str) -> argparse.ArgumentParser:
+    """``--latency-backend``: the runtime latency is timed on (``searchsr.runtimes``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--latency-backend", choices=LATENCY_BACKENDS, default=default,
+                        help="time latency on eager PyTorch (BN fused) or on ONNX Runtime running the graph "
+                             f"`export` writes (CPU provider, the same threads) (default: {default})")
     return parser
 
 

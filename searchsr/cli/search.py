@@ -9,9 +9,12 @@ from searchsr.cli import options
 from searchsr.defaults import DEFAULT_SPACE
 from searchsr.errors import UsageError
 
+LATENCY_BACKEND = "torch"  # run's and retrain's default runtime for latency
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", parents=[options.common(), options.study(), options.ray_cluster(), options.training()],
+    p = sub.add_parser("run", parents=[options.common(), options.study(), options.ray_cluster(), options.training(),
+                                       options.latency_backend(LATENCY_BACKEND)],
                        help="search: Optuna multi-objective study, trials run by Ray Tune",
                        description="Run N new trials of a study (created or continued): each trial trains "
                                    "the proxy schedule, scores PSNR-Y/SSIM-Y, counts FLOPs/params and "
@@ -73,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_front)
 
     p = sub.add_parser("retrain", parents=[options.common(), options.study(), options.ray_cluster(),
-                                           options.training()],
+                                           options.training(), options.latency_backend(LATENCY_BACKEND)],
                        help="retrain front trials and LITE/XLITE with one schedule, compare, write back",
                        description="Retrain chosen trials' architectures and the paper's baselines with the same "
                                    "schedule and data (one Ray Tune trial per network, resumable: rerun to "
@@ -116,7 +119,7 @@ def settings_from_args(args: argparse.Namespace):
                           stale_after=args.stale_after, meter_resource=args.meter_resource,
                           early_stop=args.early_stop, eta=args.eta, first_rung=args.first_rung,
                           precision=args.precision, memory_format=args.memory_format, compile=args.compile,
-                          verbose=args.verbose)
+                          latency_backend=args.latency_backend, verbose=args.verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -196,7 +199,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         baselines=options.csv_list(args.baselines), schedule=args.schedule, train_dir=args.train_dir,
         val_dir=args.val_dir, bench=args.bench or [], out=Path(args.out), seed=args.seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
-        precision=args.precision, memory_format=args.memory_format, compile=args.compile, verbose=args.verbose))
+        precision=args.precision, memory_format=args.memory_format, compile=args.compile,
+        latency_backend=args.latency_backend, verbose=args.verbose))
     print(table.drop(columns=["arch"]).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     if fidelity:
         print(f"proxy fidelity on {fidelity.benchmark} ({fidelity.models} models): Kendall tau "

@@ -1,0 +1,63 @@
+"""Latency backends (searchsr.runtimes): the ONNX Runtime runner computes what the network does, every
+measurement says where it was taken, and a study keeps one backend."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from searchsr.arch import build_model
+from searchsr.cli import main
+from searchsr.config import load_arch
+from searchsr.meter import CostMeter
+from searchsr.runtimes import runner, runtime_info
+from searchsr.study import SETUP_ATTR, check_setup, record_setup
+
+
+@pytest.mark.parametrize("name", ["xlite", "fsrcnn"])
+def test_the_onnxruntime_runner_computes_the_network(name):
+    cfg = load_arch(name)
+    model = build_model(cfg).eval()
+    x = torch.rand(1, 3, 20, 28)
+    got = runner(model, cfg, "onnxruntime", 1)(x)
+    want = model(x).clamp(0, 1).detach().numpy()
+    assert got.shape == (1, 3, 80, 112) and np.abs(got - want).max() < 1e-5
+    fused = runner(model, cfg, "torch", 1)(x).detach().clamp(0, 1).numpy()  # BN folded: the same up to rounding
+    assert np.abs(fused - want).max() < 1e-5
+
+
+def test_the_meter_times_on_its_backend_and_says_so():
+    meter = CostMeter(1, 2, lr_size=(24, 24), backend="onnxruntime")
+    costs = meter.measure(load_arch("xlite").to_dict())
+    assert costs["latency_backend"] == "onnxruntime" and costs["latency_runtime"].startswith("onnxruntime")
+    assert costs["latency_runtime_version"] == runtime_info("onnxruntime", 1).version
+    assert costs["latency_precision"] == "fp32" and costs["latency_threads"] == 1
+    assert 0.8 < costs["latency_ratio"] < 1.25  # XLITE against XLITE, both on ONNX Runtime
+    assert meter.own_yardstick()["backend"] == "onnxruntime"
+
+
+def _setup(backend):
+    return {"schedule": {"label": "short", "key": "s"},
+            "latency backend": {"label": backend, "key": backend, "before": "torch"}}
+
+
+def test_a_study_keeps_one_latency_backend_and_older_studies_were_torch():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    check_setup(study, _setup("onnxruntime"))  # a new study takes any
+    record_setup(study, _setup("onnxruntime"))
+    with pytest.raises(ValueError, match="latency backend onnxruntime; this run has latency backend torch"):
+        check_setup(study, _setup("torch"))
+    old = optuna.create_study(directions=["maximize", "minimize"])
+    old.set_user_attr(SETUP_ATTR, {"schedule": {"label": "short", "key": "s"}})  # before backends
+    check_setup(old, _setup("torch"))
+    with pytest.raises(ValueError, match="ran with latency backend torch"):
+        check_setup(old, _setup("onnxruntime"))
+
+
+def test_profile_on_onnxruntime(capsys):
+    assert main(["profile", "--arch", "xlite", "--latency", "--latency-backend", "onnxruntime", "--runs", "2",
+                 "--lr-size", "24", "24", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["latency_backend"] == "onnxruntime" and result["latency_ms_median"] > 0
