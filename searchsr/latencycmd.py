@@ -50,6 +50,9 @@ class LatencyCommandFailed(SearchsrError, RuntimeError):
         self.reason = reason
         super().__init__(f"latency command {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # pickled across Ray with its reason, not its message
+        return type(self), (self.reason,)
+
 
 @dataclass(frozen=True)
 class CommandResult:

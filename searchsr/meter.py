@@ -25,7 +25,9 @@ from typing import Any
 from searchsr.arch import build_model
 from searchsr.config import PRESETS, arch_from_dict
 from searchsr.cost import count_cost, measure_latency, peak_memory_bytes, prepare_for_timing, stable_ratio
-from searchsr.runtimes import runner, runtime_info
+from searchsr.defaults import LATENCY_TIMEOUT_S
+from searchsr.latencycmd import LatencyCommandFailed
+from searchsr.runtimes import command_latency, runner, runtime_info
 
 LATENCY_SIZE = (128, 128)  # LR input for search-time latency; `searchsr profile` does any size
 COST_SIZE = (256, 256)  # the paper's convention for FLOPs and activations
@@ -36,17 +38,31 @@ class CostMeter:
     """Costs of an architecture: counted ones and latency relative to XLITE timed alongside."""
 
     def __init__(self, threads: int, runs: int, lr_size: tuple[int, int] = LATENCY_SIZE,
-                 rel_half_width: float = RATIO_HALF_WIDTH, backend: str = "torch") -> None:
+                 rel_half_width: float = RATIO_HALF_WIDTH, backend: str = "torch", command: str | None = None,
+                 command_timeout_s: float = LATENCY_TIMEOUT_S) -> None:
         self.threads, self.runs, self.lr_size, self.rel_half_width = threads, runs, lr_size, rel_half_width
-        self.backend, self.runtime = backend, runtime_info(backend, threads)
-        self.reference = runner(build_model(PRESETS["xlite"]), PRESETS["xlite"], backend, threads)
-        (stats,) = measure_latency([self.reference], lr_size, runs=3 * runs, threads=threads)
-        self.reference_ms = stats.median_ms  # this meter's XLITE, today
-        self.yardstick_ms = stats.median_ms  # the study's XLITE: set by the driver (use_yardstick)
+        self.backend, self.command, self.command_timeout_s = backend, command, command_timeout_s
+        xlite = PRESETS["xlite"]
+        self.failed: LatencyCommandFailed | None = None  # raised by every call (an actor's constructor cannot say)
+        if backend == "command":  # the device is elsewhere: XLITE once, by the same command
+            try:
+                self.reference_ms, details = command_latency(build_model(xlite), xlite, command, command_timeout_s,
+                                                             lr_size)
+            except LatencyCommandFailed as err:
+                self.failed, self.reference_ms, details = LatencyCommandFailed(f"on XLITE: {err.reason}"), 1.0, {}
+            self.runtime = runtime_info(backend, threads, details)
+        else:
+            self.runtime = runtime_info(backend, threads)
+            self.reference = runner(build_model(xlite), xlite, backend, threads)
+            (stats,) = measure_latency([self.reference], lr_size, runs=3 * runs, threads=threads)
+            self.reference_ms = stats.median_ms  # this meter's XLITE, today
+        self.yardstick_ms = self.reference_ms  # the study's XLITE: set by the driver (use_yardstick)
         self.host = socket.gethostname()
 
     def own_yardstick(self) -> dict[str, Any]:
         """This meter's own XLITE timing: what a new study stores as its yardstick."""
+        if self.failed:
+            raise self.failed
         return {"xlite_ms": self.reference_ms, "host": self.host, "threads": self.threads, "backend": self.backend,
                 "lr_size": size_text(self.lr_size), "measured": datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds")}
@@ -55,22 +71,30 @@ class CostMeter:
         self.yardstick_ms = float(xlite_ms)
 
     def measure(self, arch: dict[str, Any]) -> dict[str, Any]:
+        if self.failed:
+            raise self.failed
         cfg = arch_from_dict(arch)
         model = build_model(cfg)
         cost = count_cost(model, COST_SIZE)
         fused = prepare_for_timing(model)
-        est = stable_ratio(runner(model, cfg, self.backend, self.threads), self.reference, lr_size=self.lr_size,
-                           runs=self.runs, threads=self.threads, rel_half_width=self.rel_half_width)
-        ratio, own = est.ratio, est.own
+        if self.backend == "command":
+            ms, details = command_latency(model, cfg, self.command, self.command_timeout_s, self.lr_size)
+            ratio, rel_iqr = ms / self.reference_ms, float(details.get("iqr_ms", 0) or 0) / ms
+            interval, converged, rounds = (ratio, ratio), True, 1  # one run of the command: its own median
+        else:
+            est = stable_ratio(runner(model, cfg, self.backend, self.threads), self.reference, lr_size=self.lr_size,
+                               runs=self.runs, threads=self.threads, rel_half_width=self.rel_half_width)
+            ratio, rel_iqr = est.ratio, est.own.iqr_ms / est.own.median_ms
+            interval, converged, rounds = (est.ci_low, est.ci_high), est.converged, est.rounds
         latency_ms = ratio * self.yardstick_ms
         return {"flops": cost.flops, "macs": cost.macs, "params": cost.params, "activations": cost.activations,
                 "memory": peak_memory_bytes(fused, self.lr_size), "latency_ratio": ratio,
-                "latency_ms": latency_ms, "latency_iqr_ms": own.iqr_ms / own.median_ms * latency_ms,
+                "latency_ms": latency_ms, "latency_iqr_ms": rel_iqr * latency_ms,
                 "xlite_ms": self.yardstick_ms, "xlite_ms_measured": self.reference_ms, "latency_host": self.host,
                 "latency_threads": self.threads, "latency_lr_size": size_text(self.lr_size),
-                "cost_lr_size": size_text(COST_SIZE), "latency_ratio_ci_low": est.ci_low,
-                "latency_ratio_ci_high": est.ci_high, "latency_ratio_converged": est.converged,
-                "latency_rounds": est.rounds, "latency_ratio_bound": self.rel_half_width,
+                "cost_lr_size": size_text(COST_SIZE), "latency_ratio_ci_low": interval[0],
+                "latency_ratio_ci_high": interval[1], "latency_ratio_converged": converged,
+                "latency_rounds": rounds, "latency_ratio_bound": self.rel_half_width,
                 "latency_backend": self.backend, "latency_runtime": self.runtime.runtime,
                 "latency_runtime_version": self.runtime.version, "latency_precision": self.runtime.precision}
 

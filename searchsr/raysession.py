@@ -23,7 +23,7 @@ import ray
 from ray import tune
 from tqdm import tqdm
 
-from searchsr.errors import Terminated, UsageError, first_line
+from searchsr.errors import SearchsrError, Terminated, UsageError, first_line
 from searchsr.meter import CostMeter
 
 
@@ -82,7 +82,8 @@ def check_resources(cpus_per_trial: int, gpus_per_trial: float) -> None:
                          f"has {cpus} CPU(s) and {gpus:g} GPU(s) (searchsr does not wait for an autoscaler)")
 
 
-def start_meter(threads: int, runs: int, resource: str | None = None, backend: str = "torch") -> Any:
+def start_meter(threads: int, runs: int, resource: str | None = None, backend: str = "torch",
+                command: str | None = None, command_timeout_s: float = 600.0) -> Any:
     """The driver's one ``CostMeter``, as an actor that runs one measurement at a time; on a node
     with the custom Ray ``resource`` where one is named (every driver of a study then times on the
     same kind of machine: give that resource to the nodes of one CPU type)."""
@@ -92,7 +93,19 @@ def start_meter(threads: int, runs: int, resource: str | None = None, backend: s
             raise UsageError(f"--meter-resource {resource}: no node of the Ray cluster has that resource "
                              "(ray start --resources '{\"%s\": 1}')" % resource)
         options["resources"] = {resource: 0.001}
-    return ray.remote(**options)(CostMeter).remote(threads, runs, backend=backend)
+    return ray.remote(**options)(CostMeter).remote(threads, runs, backend=backend, command=command,
+                                                   command_timeout_s=command_timeout_s)
+
+
+def meter_get(ref: Any) -> Any:
+    """``ray.get`` of a ``CostMeter`` call; the meter's own errors (a ``--latency-cmd`` that failed) come
+    out as themselves, one line, not as Ray's wrapper with the actor's traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, SearchsrError):
+            raise err.cause from None
+        raise
 
 
 class Signals:

@@ -44,6 +44,7 @@ METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "
                "latency_rounds", "latency_ratio_bound",
                "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
 INFO_KEYS = ("schedule", "host", "node_id", "device", "latency_host", "latency_threads", "latency_lr_size",
+             "latency_backend", "latency_runtime", "latency_runtime_version", "latency_precision",
              "cost_lr_size", INFEASIBLE)
 STALE_CHECK_S = 10  # how often a driver looks for trials other drivers lost, between its own trials
 

@@ -106,12 +106,12 @@ def makespan(seconds: list[float], workers: int) -> float:
 
 def retrain_trial(config: dict[str, Any], meter: Any) -> None:
     """Ray Tune trainable: train (resuming), score on every benchmark, cost; reports once."""
-    import ray
     import torch
     from ray import tune
 
     from searchsr.data import load_folder, load_images
     from searchsr.evaluate import evaluate, model_upscaler
+    from searchsr.raysession import meter_get
     from searchsr.schedule import load_schedule
     from searchsr.runs import CONFIG_FILE, RESULT_FILE
     from searchsr.train import load_trained, resolve_device, train
@@ -131,7 +131,7 @@ def retrain_trial(config: dict[str, Any], meter: Any) -> None:
     for bench in config["bench"]:
         result = evaluate(model_upscaler(model), load_folder(bench, cfg.scale))
         scores[Path(bench).name] = {"psnr_y": result.psnr_y, "ssim_y": result.ssim_y}
-    costs = ray.get(meter.measure.remote(cfg.to_dict()))
+    costs = meter_get(meter.measure.remote(cfg.to_dict()))
     tune.report({"name": config["name"], "scores_json": json.dumps(scores), "costs_json": json.dumps(costs)})
 
 
@@ -255,6 +255,8 @@ class RetrainSettings:
     memory_format: str = "auto"
     compile: bool = False
     latency_backend: str = "torch"  # the runtime latency is timed on (searchsr.runtimes)
+    latency_cmd: str | None = None  # with latency_backend "command"
+    latency_timeout: float = 600.0
     verbose: bool = False
 
 
@@ -267,6 +269,7 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     from searchsr.files import check_writable_dir
     from searchsr.packing import check_gpus_per_trial, describe_shares, gpu_fits, gpu_shares, trial_resources
     from searchsr.runs import RESULT_FILE
+    from searchsr.runtimes import check_backend
     from searchsr.raysession import (TrialProgress, check_address, check_resources, cluster_cpus, cluster_gpus,
                                      ray_session, start_meter)
     from searchsr.schedule import load_schedule, schedule_for_workers
@@ -275,6 +278,7 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     if settings.cpus_per_trial < 1:
         raise UsageError(f"--cpus-per-trial must be >= 1, got {settings.cpus_per_trial}")
     check_gpus_per_trial(settings.gpus_per_trial)
+    check_backend(settings.latency_backend, settings.latency_cmd, settings.latency_timeout)
     check_writable_dir(settings.out, label=f"--out {settings.out}")
     check_address(settings.address)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
@@ -307,7 +311,8 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
             eta = estimate_seconds(pending, schedule, concurrency, settings.cpus_per_trial)
             say(f"retraining {len(pending)} of {len(jobs)} network(s) with schedule {schedule.name} on CPU, "
                 f"{concurrency} at a time: estimated {eta / 3600:.1f} h ({eta:.0f} s) before evaluation")
-        meter = start_meter(1, settings.latency_runs, backend=settings.latency_backend)
+        meter = start_meter(1, settings.latency_runs, backend=settings.latency_backend, command=settings.latency_cmd,
+                            command_timeout_s=settings.latency_timeout)
         config = {"out": for_workers(settings.out), "schedule": schedule_for_workers(settings.schedule),
                   "train_dir": for_workers(settings.train_dir), "val_dir": for_workers(settings.val_dir),
                   "bench": [for_workers(b) for b in settings.bench],

@@ -1,4 +1,4 @@
-"""The runtime a latency is measured on: ``--latency-backend torch|onnxruntime``.
+"""The runtime a latency is measured on: ``--latency-backend torch|onnxruntime|command``.
 
 A search that times eager PyTorch ranks networks by a runtime nobody deploys; the paper itself
 saw one network run from 20% faster to twice slower than another depending on the software
@@ -10,6 +10,10 @@ same pairing with XLITE, same thread count).
 * ``onnxruntime``: the graph ``searchsr export`` writes as ``model.onnx`` (BN fused, clamped,
   bicubic skip included; ``export.model_onnx``), run by the session ``searchsr upscale`` runs
   (``bundle.ort_session``: CPU provider, the given intra-op thread count).
+* ``command``: the user's ``--latency-cmd`` (``searchsr.latencycmd``) run on that same graph, written
+  to a temporary ``model.onnx``: a phone over adb, ``onnxruntime_perf_test``, a cloud device farm.
+  The device is elsewhere, so nothing is interleaved: one run of the command per network
+  (``command_latency``), XLITE once per meter.
 
 ``RuntimeInfo`` is what every measurement records: backend, runtime and version, threads,
 precision. A study keeps one backend (``searchsr.search``: part of its setup).
@@ -17,8 +21,10 @@ precision. A study keeps one backend (``searchsr.search``: part of its setup).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +32,7 @@ import torch
 from torch import nn
 
 from searchsr.defaults import LATENCY_BACKENDS as BACKENDS
+from searchsr.defaults import LATENCY_TIMEOUT_S
 from searchsr.errors import UsageError
 
 
@@ -43,13 +50,25 @@ class RuntimeInfo:
         return asdict(self)
 
 
-def check_backend(backend: str) -> None:
+def check_backend(backend: str, command: str | None = None, timeout_s: float = LATENCY_TIMEOUT_S) -> None:
+    """One-line errors for a backend and its command (a ``--latency-cmd`` goes with ``command`` only)."""
+    from searchsr.latencycmd import LatencyCommand
+
     if backend not in BACKENDS:
         raise UsageError(f"--latency-backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if (backend == "command") != (command is not None):
+        raise UsageError("--latency-backend command and --latency-cmd 'TEMPLATE' go together: give both or neither")
+    if command is not None:
+        LatencyCommand(command, timeout_s)  # checks the template and the timeout
 
 
-def runtime_info(backend: str, threads: int) -> RuntimeInfo:
-    check_backend(backend)
+def runtime_info(backend: str, threads: int, details: dict[str, Any] | None = None) -> RuntimeInfo:
+    """What a measurement on ``backend`` records; a command's own report (``details``) names its runtime."""
+    if backend == "command":
+        details = details or {}
+        return RuntimeInfo(backend, str(details.get("runtime", "latency command")),
+                           str(details.get("runtime_version", "")), int(details.get("threads", 0) or 0),
+                           str(details.get("precision", "fp32")))
     if backend == "onnxruntime":
         import onnxruntime
 
@@ -78,10 +97,26 @@ class OrtRunner:
 
 
 def runner(model: nn.Module, cfg: Any, backend: str, threads: int) -> Callable[[torch.Tensor], Any]:
-    """``model`` (a freshly built or trained network of ``cfg``) in its deployment form on ``backend``."""
+    """``model`` (a freshly built or trained network of ``cfg``) in its deployment form on ``backend``
+    (``torch`` or ``onnxruntime``: the in-process runtimes)."""
     from searchsr.cost import prepare_for_timing
 
-    check_backend(backend)
+    if backend not in ("torch", "onnxruntime"):
+        raise UsageError(f"no in-process runner for latency backend {backend!r}")
     if backend == "onnxruntime":
         return OrtRunner(model, cfg, threads)
     return prepare_for_timing(model)
+
+
+def command_latency(model: nn.Module, cfg: Any, command: str, timeout_s: float, lr_size: tuple[int, int]
+                    ) -> tuple[float, dict[str, Any]]:
+    """Median ms and the command's other figures for ``model``'s exported graph at ``lr_size``;
+    ``latencycmd.LatencyCommandFailed`` (one line) when the command fails, hangs or says nothing usable."""
+    from searchsr.export import model_onnx
+    from searchsr.latencycmd import LatencyCommand
+
+    with tempfile.TemporaryDirectory(prefix="searchsr-latency-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(model_onnx(model, cfg))
+        result = LatencyCommand(command, timeout_s).run(path, lr_size)
+    return result.median_ms, result.details

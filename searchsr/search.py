@@ -76,6 +76,8 @@ class SearchSettings:
     memory_format: str = "auto"
     compile: bool = False
     latency_backend: str = "torch"  # the runtime latency is timed on (searchsr.runtimes)
+    latency_cmd: str | None = None  # with latency_backend "command"
+    latency_timeout: float = 600.0
     verbose: bool = False
 
     @property
@@ -110,7 +112,7 @@ class SearchSettings:
 
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        check_backend(self.latency_backend)
+        check_backend(self.latency_backend, self.latency_cmd, self.latency_timeout)
         if self.precision == "fp16" and not self.gpus_per_trial:
             raise UsageError("--precision fp16 trains on GPUs only: add --gpus-per-trial, or use bf16 on CPUs")
         if self.early_stop not in EARLY_STOP:
@@ -148,7 +150,11 @@ class SearchSettings:
                                     _held_out_fingerprint(self.train_dir, self.val_count)),
                 "space": {"label": self.space.source, "key": _digest(repr(sorted(self.space.params.items())))},
                 "precision": {"label": self.precision, "key": self.precision, "before": "fp32"},
-                "latency backend": {"label": self.latency_backend, "key": self.latency_backend, "before": "torch"}}
+                "latency backend": {"label": self.latency_label, "key": self.latency_label, "before": "torch"}}
+
+    @property
+    def latency_label(self) -> str:
+        return self.latency_backend if self.latency_cmd is None else f"{self.latency_backend} ({self.latency_cmd})"
 
     def worker_config(self) -> dict[str, Any]:
         """What every trial's worker needs besides its arch; absolute paths, since Ray workers run in
@@ -245,7 +251,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     from ray.tune.search import ConcurrencyLimiter
 
     from searchsr.raysession import (TrialProgress, check_resources, cluster_cpus, cluster_gpus, ray_session,
-                                     sigterm_as_interrupt, start_meter)
+                                     meter_get, sigterm_as_interrupt, start_meter)
     from searchsr.recording import make_searcher
     from searchsr.rungs import ParetoHalving
     from searchsr.schedule import load_schedule
@@ -263,12 +269,12 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial,
                                              cluster_gpus(), settings.gpus_per_trial)
         meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource,
-                            settings.latency_backend)
+                            settings.latency_backend, settings.latency_cmd, settings.latency_timeout)
         study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
                               settings.trials, settings.space, settings.early_stop != "none")
         record_setup(study, setup)
         mark_runs_folder(settings.runs_root, study_uid(study), settings.study)
-        yardstick, first_time = settle_yardstick(study, ray.get(meter.own_yardstick.remote()))
+        yardstick, first_time = settle_yardstick(study, meter_get(meter.own_yardstick.remote()))
         ray.get(meter.use_yardstick.remote(yardstick["xlite_ms"]))
         enqueue_presets(study, settings.space, settings.enqueue)
         trials = study.get_trials(deepcopy=False)

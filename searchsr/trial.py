@@ -56,6 +56,7 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
 
     from searchsr.data import load_split
     from searchsr.memory import check_fits_training, device_available_bytes
+    from searchsr.raysession import meter_get
     from searchsr.schedule import load_schedule
     from searchsr.train import Rung, resolve_device, train
 
@@ -75,7 +76,7 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
         # refused up front (counted on the meta device) rather than OOM-killed, and re-queued, mid-training
         check_fits_training(cfg, schedule.batch_size, schedule.patch_size, device_available_bytes(device),
                             where="this machine" if device.type == "cpu" else f"this machine's {device}")
-        costs = ray.get(meter.measure.remote(cfg.to_dict()))
+        costs = meter_get(meter.measure.remote(cfg.to_dict()))  # a failed --latency-cmd: one-line fail_reason
         broken = violated(config.get("constraints", ()), costs)
         if broken:
             report = {**costs, **common, "kind": INFEASIBLE, "infeasible": "; ".join(broken), "train_seconds": 0.0,

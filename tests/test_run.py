@@ -158,3 +158,41 @@ def test_run_hands_workers_absolute_paths(tmp_path: Path, monkeypatch: pytest.Mo
     assert config["schedule"] == str(tmp_path / "mine.yaml") and config["runs_root"] == str(tmp_path / "runs" / "t")
     shipped = settings_from_args(build_parser().parse_args(_run_args(Path("."), 1))).worker_config()
     assert shipped["schedule"] == "smoke"
+
+
+FAKE_DEVICE = """
+import json, pathlib, sys, time
+counter = pathlib.Path(sys.argv[1])
+call = int(counter.read_text()) if counter.exists() else 0
+counter.write_text(str(call + 1))
+assert pathlib.Path(sys.argv[2]).read_bytes()[:1] and sys.argv[3:] == ["128", "128"]
+if call == 2:
+    print("garbage, no number here")
+elif call == 3:
+    time.sleep(60)
+elif call == 4:
+    sys.exit("device offline")
+else:
+    print(json.dumps({"median_ms": 10.0 + call, "runtime": "fakephone", "runtime_version": "9"}))
+"""
+
+
+@pytest.mark.slow
+def test_a_latency_command_measures_and_its_failures_fail_only_their_trials(tmp_path: Path) -> None:
+    # The meter's XLITE is call 0, the queued XLITE call 1; then garbage, a hang, an error, then good again.
+    device = tmp_path / "device.py"
+    device.write_text(FAKE_DEVICE)
+    template = f"{sys.executable} {device} {tmp_path / 'calls'} {{model}} {{input_h}} {{input_w}}"
+    out = _searchsr(*_run_args(tmp_path, 6, "--latency-backend", "command", "--latency-cmd", template,
+                               "--latency-timeout", "3"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
+    failed = [t.user_attrs["fail_reason"] for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert sorted(r.split(": ", 1)[1].split(" (")[0].split(":")[0] for r in failed) == [
+        "latency command exited with code 1", "latency command printed no latency in its output",
+        "latency command timed out after 3 s"], failed
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert complete and all(t.user_attrs["latency_backend"] == "command" for t in complete)
+    assert {t.user_attrs["latency_runtime"] for t in complete} == {"fakephone"}
+    xlite = [t for t in complete if t.user_attrs.get("preset") == "xlite"]
+    assert xlite and xlite[0].user_attrs["latency_ratio"] == pytest.approx(11.0 / 10.0)  # call 1 over call 0

@@ -61,3 +61,15 @@ def test_profile_on_onnxruntime(capsys):
                  "--lr-size", "24", "24", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["latency_backend"] == "onnxruntime" and result["latency_ms_median"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--latency-cmd", "x {model}"], "--latency-backend command and --latency-cmd 'TEMPLATE' go together"),
+    (["--latency-backend", "command"], "--latency-backend command and --latency-cmd 'TEMPLATE' go together"),
+    (["--latency-backend", "command", "--latency-cmd", "adb shell run"], "has no {model}"),
+    (["--latency-backend", "command", "--latency-cmd", "exit 4 # {model}"], "latency command exited with code 4"),
+])
+def test_latency_command_errors_are_one_line(capsys, argv, message):
+    code = main(["profile", "--arch", "xlite", "--latency", "--lr-size", "16", "16", *argv])
+    err = capsys.readouterr().err
+    assert code in (1, 2) and err.startswith("searchsr: error: ") and err.count("\n") == 1 and message in err, err

@@ -89,7 +89,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from searchsr.arch import build_model
     from searchsr.cost import WARMUP_RUNS, count_cost, measure_latency, peak_memory_bytes, prepare_for_timing
     from searchsr.memory import check_fits_memory
-    from searchsr.runtimes import runner, runtime_info
+    from searchsr.runtimes import check_backend, command_latency, runner, runtime_info
     from searchsr.train import resolve_device
 
     cfg = resolve_arch(args)
@@ -97,13 +97,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
     _at_least("--runs", args.runs, 1)
     _at_least("--threads", args.threads, 1)
     device = str(resolve_device(args.device)) if args.latency else None
+    check_backend(args.latency_backend, args.latency_cmd, args.latency_timeout)
     if args.latency and args.latency_backend == "onnxruntime" and device != "cpu":
         raise UsageError("--latency-backend onnxruntime times ONNX Runtime's CPU provider: add --device cpu")
     check_fits_memory(cfg, size)
     model = build_model(cfg)
     result = {"arch": cfg.to_dict(), **count_cost(model, size).to_dict()}
     result["memory_bytes"] = peak_memory_bytes(prepare_for_timing(model), size)
-    if args.latency:
+    if args.latency and args.latency_backend == "command":
+        ms, details = command_latency(model, cfg, args.latency_cmd, args.latency_timeout, size)
+        result.update(latency_ms_median=ms, latency_ms_iqr=float(details.get("iqr_ms", 0) or 0),
+                      latency_runs=details.get("runs"), latency_threads=details.get("threads"), device="command",
+                      **{f"latency_{k}": v for k, v in runtime_info("command", 0, details).to_dict().items()
+                         if k != "threads"})
+    elif args.latency:
         from tqdm import tqdm
 
         with tqdm(total=WARMUP_RUNS + args.runs, desc=f"timing on {device}", unit="run", leave=False, file=sys.stderr,

@@ -9,7 +9,8 @@ import argparse
 import os
 
 from searchsr.config import ArchConfig
-from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY, LATENCY_BACKENDS, MEMORY_FORMATS, PRECISIONS
+from searchsr.defaults import (DEFAULT_STORAGE, DEFAULT_STUDY, LATENCY_BACKENDS, LATENCY_TIMEOUT_S, MEMORY_FORMATS,
+                               PRECISIONS)
 
 DEVICES = "cpu, cuda or cuda:N"
 
@@ -82,8 +83,16 @@ def latency_backend(default: str) -> argparse.ArgumentParser:
     """``--latency-backend``: the runtime latency is timed on (``searchsr.runtimes``)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--latency-backend", choices=LATENCY_BACKENDS, default=default,
-                        help="time latency on eager PyTorch (BN fused) or on ONNX Runtime running the graph "
-                             f"`export` writes (CPU provider, the same threads) (default: {default})")
+                        help="time latency on eager PyTorch (BN fused), on ONNX Runtime running the graph `export` "
+                             "writes (CPU provider, the same threads), or with your --latency-cmd on that graph "
+                             f"(default: {default})")
+    parser.add_argument("--latency-cmd", metavar="TEMPLATE",
+                        help="with --latency-backend command: a shell command that times {model} (an exported "
+                             "model.onnx; {input_h}, {input_w}: the LR size) and prints JSON with median_ms (or a "
+                             "bare number), e.g. 'adb push {model} /data/local/tmp/m.onnx && adb shell ...'")
+    parser.add_argument("--latency-timeout", type=float, default=LATENCY_TIMEOUT_S, metavar="S",
+                        help=f"seconds one --latency-cmd run may take before its trial fails (default: "
+                             f"{LATENCY_TIMEOUT_S:g})")
     return parser
 
 

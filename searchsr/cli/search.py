@@ -119,7 +119,8 @@ def settings_from_args(args: argparse.Namespace):
                           stale_after=args.stale_after, meter_resource=args.meter_resource,
                           early_stop=args.early_stop, eta=args.eta, first_rung=args.first_rung,
                           precision=args.precision, memory_format=args.memory_format, compile=args.compile,
-                          latency_backend=args.latency_backend, verbose=args.verbose)
+                          latency_backend=args.latency_backend, latency_cmd=args.latency_cmd,
+                          latency_timeout=args.latency_timeout, verbose=args.verbose)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -200,7 +201,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         val_dir=args.val_dir, bench=args.bench or [], out=Path(args.out), seed=args.seed,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
         precision=args.precision, memory_format=args.memory_format, compile=args.compile,
-        latency_backend=args.latency_backend, verbose=args.verbose))
+        latency_backend=args.latency_backend, latency_cmd=args.latency_cmd, latency_timeout=args.latency_timeout,
+        verbose=args.verbose))
     print(table.drop(columns=["arch"]).to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     if fidelity:
         print(f"proxy fidelity on {fidelity.benchmark} ({fidelity.models} models): Kendall tau "
