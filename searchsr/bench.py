@@ -240,42 +240,44 @@ class RuntimesBench:
     ms: dict[str, dict[str, float]]  # arch -> backend -> median ms
     ratio_to_torch: dict[str, dict[str, float]]  # arch -> backend -> median per-pair ratio
     spread: dict[str, dict[str, float]]  # arch -> backend -> (max - min) / median of the repeats' ratios
-    kendall_tau: float | None  # torch vs onnxruntime medians over the architectures (None below 3)
+    kendall_tau: dict[str, float]  # backend -> rank agreement of its medians with torch's (from 3 architectures)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def bench_runtimes(archs: list[str], lr_size: tuple[int, int], repeats: int, runs: int, threads: int
-                   ) -> RuntimesBench:
+def bench_runtimes(archs: list[str], lr_size: tuple[int, int], repeats: int, runs: int, threads: int,
+                   backends: list[str] | None = None) -> RuntimesBench:
     from scipy.stats import kendalltau
 
     from searchsr.arch import build_model
     from searchsr.cost import measure_latency, pair_ratios
-    from searchsr.defaults import LATENCY_BACKENDS
-    from searchsr.runtimes import runner
+    from searchsr.runtimes import IN_PROCESS, runner
 
     _at_least(repeats=(repeats, 1), runs=(runs, 1), threads=(threads, 1))
     if not archs:
         raise UsageError("--archs: give at least one preset or config file")
+    backends = ["torch", *(b for b in backends or ["onnxruntime"] if b != "torch")]
+    unknown = [b for b in backends if b not in IN_PROCESS]
+    if unknown:
+        raise UsageError(f"--backends: {unknown[0]!r} is not one of {', '.join(IN_PROCESS)}")
     ms: dict[str, dict[str, float]] = {}
     ratio: dict[str, dict[str, float]] = {}
     spread: dict[str, dict[str, float]] = {}
     for name in archs:
         cfg = load_arch(name)
         model = build_model(cfg)
-        runners = [runner(model, cfg, backend, threads) for backend in LATENCY_BACKENDS]
-        medians: dict[str, list[float]] = {b: [] for b in LATENCY_BACKENDS}
-        ratios: dict[str, list[float]] = {b: [] for b in LATENCY_BACKENDS}
+        runners = [runner(model, cfg, backend, threads, lr_size) for backend in backends]
+        medians: dict[str, list[float]] = {b: [] for b in backends}
+        ratios: dict[str, list[float]] = {b: [] for b in backends}
         for _ in range(repeats):
             stats = measure_latency(runners, lr_size, runs=runs, threads=threads)
-            for backend, s in zip(LATENCY_BACKENDS, stats):
+            for backend, s in zip(backends, stats):
                 medians[backend].append(s.median_ms)
                 ratios[backend].append(statistics.median(pair_ratios(s, stats[0])))
         ms[name] = {b: statistics.median(v) for b, v in medians.items()}
         ratio[name] = {b: statistics.median(v) for b, v in ratios.items()}
         spread[name] = {b: (max(v) - min(v)) / statistics.median(v) for b, v in ratios.items()}
-    tau = None
-    if len(archs) >= 3:
-        tau = float(kendalltau([ms[a]["torch"] for a in archs], [ms[a]["onnxruntime"] for a in archs]).statistic)
+    tau = {b: float(kendalltau([ms[a]["torch"] for a in archs], [ms[a][b] for a in archs]).statistic)
+           for b in backends[1:]} if len(archs) >= 3 else {}
     return RuntimesBench(ms, ratio, spread, tau)

@@ -53,7 +53,7 @@ class CostMeter:
             self.runtime = runtime_info(backend, threads, details)
         else:
             self.runtime = runtime_info(backend, threads)
-            self.reference = runner(build_model(xlite), xlite, backend, threads)
+            self.reference = runner(build_model(xlite), xlite, backend, threads, lr_size)
             (stats,) = measure_latency([self.reference], lr_size, runs=3 * runs, threads=threads)
             self.reference_ms = stats.median_ms  # this meter's XLITE, today
         self.yardstick_ms = self.reference_ms  # the study's XLITE: set by the driver (use_yardstick)
@@ -82,8 +82,9 @@ class CostMeter:
             ratio, rel_iqr = ms / self.reference_ms, float(details.get("iqr_ms", 0) or 0) / ms
             interval, converged, rounds = (ratio, ratio), True, 1  # one run of the command: its own median
         else:
-            est = stable_ratio(runner(model, cfg, self.backend, self.threads), self.reference, lr_size=self.lr_size,
-                               runs=self.runs, threads=self.threads, rel_half_width=self.rel_half_width)
+            est = stable_ratio(runner(model, cfg, self.backend, self.threads, self.lr_size), self.reference,
+                               lr_size=self.lr_size, runs=self.runs, threads=self.threads,
+                               rel_half_width=self.rel_half_width)
             ratio, rel_iqr = est.ratio, est.own.iqr_ms / est.own.median_ms
             interval, converged, rounds = (est.ci_low, est.ci_high), est.converged, est.rounds
         latency_ms = ratio * self.yardstick_ms
@@ -91,7 +92,7 @@ class CostMeter:
                 "memory": peak_memory_bytes(fused, self.lr_size), "latency_ratio": ratio,
                 "latency_ms": latency_ms, "latency_iqr_ms": rel_iqr * latency_ms,
                 "xlite_ms": self.yardstick_ms, "xlite_ms_measured": self.reference_ms, "latency_host": self.host,
-                "latency_threads": self.threads, "latency_lr_size": size_text(self.lr_size),
+                "latency_threads": self.runtime.threads, "latency_lr_size": size_text(self.lr_size),
                 "cost_lr_size": size_text(COST_SIZE), "latency_ratio_ci_low": interval[0],
                 "latency_ratio_ci_high": interval[1], "latency_ratio_converged": converged,
                 "latency_rounds": rounds, "latency_ratio_bound": self.rel_half_width,

@@ -1,4 +1,4 @@
-"""The runtime a latency is measured on: ``--latency-backend torch|onnxruntime|command``.
+"""The runtime a latency is measured on: ``--latency-backend torch|onnxruntime|executorch|command``.
 
 A search that times eager PyTorch ranks networks by a runtime nobody deploys; the paper itself
 saw one network run from 20% faster to twice slower than another depending on the software
@@ -10,6 +10,13 @@ same pairing with XLITE, same thread count).
 * ``onnxruntime``: the graph ``searchsr export`` writes as ``model.onnx`` (BN fused, clamped,
   bicubic skip included; ``export.model_onnx``), run by the session ``searchsr upscale`` runs
   (``bundle.ort_session``: CPU provider, the given intra-op thread count).
+* ``executorch``: Android's CPU path run on this host: the same deployable network through
+  ``torch.export`` -> ExecuTorch with the XNNPACK delegate -> a ``.pte`` program in ExecuTorch's
+  runtime, its thread pool at the given thread count. The optional ``mobile`` extra
+  (``executorch``, whose releases are built for one torch each: 1.4.x for torch 2.13). Chosen over
+  LiteRT: the same export path as an ExecuTorch Android app with no second converter, and a third
+  of litert-torch's dependencies (which pull in JAX and transformers and pin typing_extensions).
+  A program is specialised to its input size: one per measured size, exported in ~10 s.
 * ``command``: the user's ``--latency-cmd`` (``searchsr.latencycmd``) run on that same graph, written
   to a temporary ``model.onnx``: a phone over adb, ``onnxruntime_perf_test``, a cloud device farm.
   The device is elsewhere, so nothing is interleaved: one run of the command per network
@@ -22,6 +29,7 @@ precision. A study keeps one backend (``searchsr.search``: part of its setup).
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +68,8 @@ def check_backend(backend: str, command: str | None = None, timeout_s: float = L
         raise UsageError("--latency-backend command and --latency-cmd 'TEMPLATE' go together: give both or neither")
     if command is not None:
         LatencyCommand(command, timeout_s)  # checks the template and the timeout
+    if backend == "executorch":
+        _executorch()
 
 
 def runtime_info(backend: str, threads: int, details: dict[str, Any] | None = None) -> RuntimeInfo:
@@ -73,6 +83,11 @@ def runtime_info(backend: str, threads: int, details: dict[str, Any] | None = No
         import onnxruntime
 
         return RuntimeInfo(backend, "onnxruntime (CPUExecutionProvider)", onnxruntime.__version__, threads)
+    if backend == "executorch":
+        from importlib.metadata import version
+
+        _executorch()
+        return RuntimeInfo(backend, "executorch (XNNPACK delegate)", version("executorch"), threads)
     return RuntimeInfo(backend, "pytorch (eager, BN fused)", torch.__version__, threads)
 
 
@@ -96,15 +111,72 @@ class OrtRunner:
         return self
 
 
-def runner(model: nn.Module, cfg: Any, backend: str, threads: int) -> Callable[[torch.Tensor], Any]:
-    """``model`` (a freshly built or trained network of ``cfg``) in its deployment form on ``backend``
-    (``torch`` or ``onnxruntime``: the in-process runtimes)."""
+def _executorch() -> None:
+    """The mobile extra, or a one-line error saying how to install it."""
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        raise UsageError("--latency-backend executorch needs the mobile extra: pip install -e \".[mobile]\" "
+                         "(ExecuTorch with XNNPACK; executorch 1.4 goes with torch 2.13)") from None
+
+
+def _executorch_threads(threads: int) -> None:
+    # Private API of ExecuTorch's Python bindings (1.4): the only way to size the runtime's thread pool
+    # from Python; the pool is process-wide. Kept to this one function.
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    _unsafe_reset_threadpool(threads)
+
+
+class ExecuTorchRunner:
+    """A network lowered to an ExecuTorch program with the XNNPACK delegate, for one input size."""
+
+    def __init__(self, model: nn.Module, threads: int, lr_size: tuple[int, int]) -> None:
+        from searchsr.cost import _quiet_stderr
+        from searchsr.deploy import Clamped, deployable
+
+        _executorch()
+        with _quiet_stderr():  # cpuinfo's C++ notes on import, not ours to show
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+            from executorch.runtime import Runtime
+
+        deploy = Clamped(deployable(model)).eval()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # export's deprecation notices
+            exported = torch.export.export(deploy, (torch.rand(1, 3, *lr_size),))
+            program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+        self.buffer = program.buffer  # the loaded program points into these bytes: they live as long as it does
+        with _quiet_stderr():  # the thread pool's C++ notes
+            _executorch_threads(threads)
+            self.program = Runtime.get().load_program(self.buffer)
+            self.method = self.program.load_method("forward")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.execute([x.detach().cpu().contiguous()])[0]
+
+    def to(self, device: Any) -> ExecuTorchRunner:
+        return self
+
+    def eval(self) -> ExecuTorchRunner:
+        return self
+
+
+IN_PROCESS = ("torch", "onnxruntime", "executorch")  # the backends ``runner`` serves (not ``command``)
+
+
+def runner(model: nn.Module, cfg: Any, backend: str, threads: int, lr_size: tuple[int, int]
+           ) -> Callable[[torch.Tensor], Any]:
+    """``model`` (a freshly built or trained network of ``cfg``) in its deployment form on ``backend``, for
+    inputs of ``lr_size`` (an ExecuTorch program is specialised to it; the others take any size)."""
     from searchsr.cost import prepare_for_timing
 
-    if backend not in ("torch", "onnxruntime"):
+    if backend not in IN_PROCESS:
         raise UsageError(f"no in-process runner for latency backend {backend!r}")
     if backend == "onnxruntime":
         return OrtRunner(model, cfg, threads)
+    if backend == "executorch":
+        return ExecuTorchRunner(model, threads, lr_size)
     return prepare_for_timing(model)
 
 

@@ -21,10 +21,10 @@ def test_the_onnxruntime_runner_computes_the_network(name):
     cfg = load_arch(name)
     model = build_model(cfg).eval()
     x = torch.rand(1, 3, 20, 28)
-    got = runner(model, cfg, "onnxruntime", 1)(x)
+    got = runner(model, cfg, "onnxruntime", 1, (20, 28))(x)
     want = model(x).clamp(0, 1).detach().numpy()
     assert got.shape == (1, 3, 80, 112) and np.abs(got - want).max() < 1e-5
-    fused = runner(model, cfg, "torch", 1)(x).detach().clamp(0, 1).numpy()  # BN folded: the same up to rounding
+    fused = runner(model, cfg, "torch", 1, (20, 28))(x).detach().clamp(0, 1).numpy()  # BN folded: the same up to rounding
     assert np.abs(fused - want).max() < 1e-5
 
 
@@ -73,3 +73,22 @@ def test_latency_command_errors_are_one_line(capsys, argv, message):
     code = main(["profile", "--arch", "xlite", "--latency", "--lr-size", "16", "16", *argv])
     err = capsys.readouterr().err
     assert code in (1, 2) and err.startswith("searchsr: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_the_executorch_runner_computes_the_network():
+    pytest.importorskip("executorch", reason="the mobile extra (pip install -e '.[mobile]') is not installed")
+    cfg = load_arch("xlite")
+    model = build_model(cfg).eval()
+    x = torch.rand(1, 3, 20, 28)
+    got = runner(model, cfg, "executorch", 1, (20, 28))(x)
+    assert got.shape == (1, 3, 80, 112)
+    assert (got - model(x).clamp(0, 1)).abs().max().item() < 1e-5
+    assert runtime_info("executorch", 1).runtime.startswith("executorch")
+
+
+def test_without_the_mobile_extra_executorch_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "executorch", None)  # as if not installed
+    assert main(["profile", "--arch", "xlite", "--latency", "--latency-backend", "executorch", "--device", "cpu",
+                 "--lr-size", "16", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'needs the mobile extra: pip install -e ".[mobile]"' in err

@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--repeats", type=int, default=3, help="independent measurements (default: 3)")
     b.add_argument("--runs", type=int, default=10, help="timed runs per measurement (default: 10)")
     b.add_argument("--threads", type=int, default=1, help="CPU threads of every runtime (default: 1)")
+    b.add_argument("--backends", default="onnxruntime",
+                   help="backends besides torch: onnxruntime, executorch (the mobile extra) (default: onnxruntime)")
     b.set_defaults(func=cmd_runtimes)
 
     b = bench_sub.add_parser("data", parents=[*common, options.device()],
@@ -162,7 +164,8 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     from searchsr.bench import bench_runtimes
     from searchsr.cli.model import lr_size
 
-    r = bench_runtimes(options.csv_list(args.archs), lr_size(args.lr_size), args.repeats, args.runs, args.threads)
+    r = bench_runtimes(options.csv_list(args.archs), lr_size(args.lr_size), args.repeats, args.runs, args.threads,
+                       options.csv_list(args.backends))
     if args.json:
         print(json.dumps(r.to_dict()))
         return 0
@@ -171,8 +174,8 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
         cells = ", ".join(f"{b} {v:.1f} ms (x{r.ratio_to_torch[name][b]:.3f} torch, spread "
                           f"{100 * r.spread[name][b]:.1f}%)" for b, v in by_backend.items())
         print(f"{name} at {h}x{w} LR, {args.threads} thread(s): {cells}")
-    if r.kendall_tau is not None:
-        print(f"rank agreement torch vs onnxruntime over {len(r.ms)} architectures: Kendall tau {r.kendall_tau:.3f}")
+    for backend, tau in r.kendall_tau.items():
+        print(f"rank agreement torch vs {backend} over {len(r.ms)} architectures: Kendall tau {tau:.3f}")
     return 0
 
 

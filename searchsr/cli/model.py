@@ -98,8 +98,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     _at_least("--threads", args.threads, 1)
     device = str(resolve_device(args.device)) if args.latency else None
     check_backend(args.latency_backend, args.latency_cmd, args.latency_timeout)
-    if args.latency and args.latency_backend == "onnxruntime" and device != "cpu":
-        raise UsageError("--latency-backend onnxruntime times ONNX Runtime's CPU provider: add --device cpu")
+    if args.latency and args.latency_backend in ("onnxruntime", "executorch") and device != "cpu":
+        raise UsageError(f"--latency-backend {args.latency_backend} times a CPU runtime: add --device cpu")
     check_fits_memory(cfg, size)
     model = build_model(cfg)
     result = {"arch": cfg.to_dict(), **count_cost(model, size).to_dict()}
@@ -115,7 +115,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         with tqdm(total=WARMUP_RUNS + args.runs, desc=f"timing on {device}", unit="run", leave=False, file=sys.stderr,
                   disable=None) as bar:
-            (stats,) = measure_latency([runner(model, cfg, args.latency_backend, args.threads)], size,
+            (stats,) = measure_latency([runner(model, cfg, args.latency_backend, args.threads, size)], size,
                                        runs=args.runs, threads=args.threads, device=device, on_run=bar.update)
         result.update(latency_ms_median=stats.median_ms, latency_ms_iqr=stats.iqr_ms,
                       latency_runs=stats.runs, latency_threads=stats.threads, device=stats.device,
