@@ -118,8 +118,9 @@ def arch_cost(cfg: ArchConfig, lr_size: tuple[int, int] = (256, 256)) -> Cost:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence the profiler's C++ start/stop lines, which bypass Python's logging."""
+def quiet_stderr() -> Iterator[None]:
+    """Silence C++ notes written straight to fd 2 (the profiler's start/stop lines, ExecuTorch's cpuinfo),
+    which bypass Python's logging."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -149,7 +150,7 @@ def peak_memory_bytes(model: nn.Module, lr_size: tuple[int, int]) -> int:
             model(x)
             torch.cuda.synchronize(device)
             return static + torch.cuda.max_memory_allocated(device) - base
-        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model(x)
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     live = peak = 0

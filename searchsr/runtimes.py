@@ -132,11 +132,11 @@ class ExecuTorchRunner:
     """A network lowered to an ExecuTorch program with the XNNPACK delegate, for one input size."""
 
     def __init__(self, model: nn.Module, threads: int, lr_size: tuple[int, int]) -> None:
-        from searchsr.cost import _quiet_stderr
+        from searchsr.cost import quiet_stderr
         from searchsr.deploy import Clamped, deployable
 
         _executorch()
-        with _quiet_stderr():  # cpuinfo's C++ notes on import, not ours to show
+        with quiet_stderr():  # cpuinfo's C++ notes on import, not ours to show
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
             from executorch.runtime import Runtime
@@ -147,7 +147,7 @@ class ExecuTorchRunner:
             exported = torch.export.export(deploy, (torch.rand(1, 3, *lr_size),))
             program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
         self.buffer = program.buffer  # the loaded program points into these bytes: they live as long as it does
-        with _quiet_stderr():  # the thread pool's C++ notes
+        with quiet_stderr():  # the thread pool's C++ notes
             _executorch_threads(threads)
             self.program = Runtime.get().load_program(self.buffer)
             self.method = self.program.load_method("forward")
