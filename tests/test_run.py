@@ -184,7 +184,7 @@ def test_a_latency_command_measures_and_its_failures_fail_only_their_trials(tmp_
     device.write_text(FAKE_DEVICE)
     template = f"{sys.executable} {device} {tmp_path / 'calls'} {{model}} {{input_h}} {{input_w}}"
     out = _searchsr(*_run_args(tmp_path, 6, "--latency-backend", "command", "--latency-cmd", template,
-                               "--latency-timeout", "3"))
+                               "--latency-timeout", "3", "--concurrency", "1"))  # trials measured in order
     assert out.returncode == 0, out.stderr[-2000:]
     study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
     failed = [t.user_attrs["fail_reason"] for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
