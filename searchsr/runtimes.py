@@ -76,8 +76,10 @@ def runtime_info(backend: str, threads: int, details: dict[str, Any] | None = No
     """What a measurement on ``backend`` records; a command's own report (``details``) names its runtime."""
     if backend == "command":
         details = details or {}
+        threads_said = details.get("threads")  # as the command reports it: an integer, or nothing usable
         return RuntimeInfo(backend, str(details.get("runtime", "latency command")),
-                           str(details.get("runtime_version", "")), int(details.get("threads", 0) or 0),
+                           str(details.get("runtime_version", "")),
+                           threads_said if isinstance(threads_said, int) and not isinstance(threads_said, bool) else 0,
                            str(details.get("precision", "fp32")))
     if backend == "onnxruntime":
         import onnxruntime
