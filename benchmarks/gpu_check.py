@@ -210,7 +210,7 @@ def main() -> int:
         psnr[precision] = result.val.psnr_y
         check.put(f"train_xlite_{precision}", {"steps": train_steps, "seconds": round(result.train_seconds, 1),
                                                "memory_format": result.memory_format,
-                                               "set5_psnr_y": round(result.val.psnr_y, 3),
+                                               "eval_psnr_y": round(result.val.psnr_y, 3),
                                                "bicubic_psnr_y": round(result.bicubic.psnr_y, 3)})
     if len(psnr) == 2:
         check.put("bf16_minus_fp32_db", round(psnr["bf16"] - psnr["fp32"], 3))
