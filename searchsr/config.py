@@ -90,11 +90,7 @@ class ArchConfig:
         """Build from a plain mapping; unknown keys are an error, not silently ignored."""
         if not isinstance(data, dict):
             raise UsageError(f"architecture must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown architecture field {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        return cls(**known_fields(cls, data, "architecture"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -125,6 +121,15 @@ PAPER_POINTS: dict[str, ArchConfig] = {
 }
 
 
+def known_fields(cls: type, data: dict[str, Any], what: str, *also: str) -> dict[str, Any]:
+    """``data`` if every key is a field of the dataclass ``cls``: an unknown key is an error, not silently ignored."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"unknown {what} field {unknown[0]!r} (known: {', '.join([*also, *sorted(known)])})")
+    return data
+
+
 class _Reference:
     """What the reference networks' configs share (``searchsr.baselines`` builds them): the same interface as
     ``ArchConfig`` (``scale``, dict/JSON/YAML forms, ``replace``), with ``model`` naming the network in every
@@ -144,12 +149,7 @@ class _Reference:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
-        data = {k: v for k, v in data.items() if k != "model"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UsageError(f"unknown {cls.name} field {unknown[0]!r} (known: model, {', '.join(sorted(known))})")
-        return cls(**data)
+        return cls(**known_fields(cls, {k: v for k, v in data.items() if k != "model"}, cls.name, "model"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -191,7 +192,7 @@ def prepare_for_timing(model: nn.Module) -> nn.Module:
     return fuse_bn(model).eval()
 
 
-def measure_latency(models: list[nn.Module], lr_size: tuple[int, int] = (256, 256), runs: int = 20,
+def measure_latency(models: list[nn.Module | Callable[[torch.Tensor], Any]], lr_size: tuple[int, int] = (256, 256), runs: int = 20,
                     warmup: int = WARMUP_RUNS, threads: int = 1, device: str | torch.device = "cpu",
                     on_run: Callable[[], None] | None = None) -> list[LatencyStats]:
     """Median/IQR latency of each model, timed interleaved (A B A B ...) in one process.
@@ -209,7 +210,8 @@ def measure_latency(models: list[nn.Module], lr_size: tuple[int, int] = (256, 25
     torch.set_num_threads(threads)
     try:
         x = torch.rand(1, 3, *lr_size, device=device)
-        models = [m.to(device).eval() for m in models]
+        models = [m.to(device).eval() if isinstance(m, nn.Module) else m for m in models]  # a runtime's runner
+        # (searchsr.runtimes) runs where it was made
         timed = _timer(device)
         samples: list[list[float]] = [[] for _ in models]
         with torch.inference_mode():

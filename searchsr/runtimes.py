@@ -106,12 +106,6 @@ class OrtRunner:
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         return self.session.run(None, {self.input: x.detach().cpu().numpy()})[0]
 
-    def to(self, device: Any) -> OrtRunner:  # the timer's interface: the session runs where it was made
-        return self
-
-    def eval(self) -> OrtRunner:
-        return self
-
 
 def _executorch() -> None:
     """The mobile extra, or a one-line error saying how to install it."""
@@ -157,11 +151,6 @@ class ExecuTorchRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.execute([x.detach().cpu().contiguous()])[0]
 
-    def to(self, device: Any) -> ExecuTorchRunner:
-        return self
-
-    def eval(self) -> ExecuTorchRunner:
-        return self
 
 
 IN_PROCESS = ("torch", "onnxruntime", "executorch")  # the backends ``runner`` serves (not ``command``)

@@ -4,8 +4,9 @@
   loss scaling needed); ``fp16`` (autocast to float16 with a gradient scaler; CUDA only).
   Only the training step runs in lower precision: validation and final scores are fp32.
 * Memory format: channels-last (NHWC) or contiguous (NCHW). Which one is faster depends on the
-  device, the width and the kernel (measured on this project's 2-core CPU: channels-last made an
-  XLITE step ~3x faster and a LITE step slower), so ``auto`` times a few steps of both, on a
+  device, the width, the kernel and the torch release (on this project's 2-core CPU with torch 2.13
+  channels-last made an XLITE step 3.1x faster and LITE's 2.1x; an earlier torch ran LITE slower in
+  it), so ``auto`` times a few steps of both, on a
   copy of the network and the run's own first batch, and keeps the faster (``choose_memory_format``).
   The choice is remembered per machine (``memory_format_for``: searchsr's cache folder, keyed by
   network, device, threads, batch shape, precision and torch version), so every trial and rerun of

@@ -16,19 +16,31 @@ import searchsr.data as data
 from searchsr.data import load_folder
 from searchsr.imagecache import cached_arrays
 
-# A trial's process: load the folder, read every byte (as sampling would), report its anonymous
-# (private, not file-backed) memory before and after, then wait until told to exit.
+# A trial's process: load the folder, read every byte (as sampling would), say so, and when told (every
+# trial has loaded) report its anonymous (private) memory growth and its share (Pss) of the mapped cache
+# file; then wait until told to exit.
 TRIAL = """
 import json, sys
-import numpy as np
 def anon():
     rollup = open("/proc/self/smaps_rollup").read().split()
     return int(rollup[rollup.index("Anonymous:") + 1]) * 1024
+def cache_pss():
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        parts = line.split()
+        if "-" in parts[0] and len(parts) >= 5:
+            inside = parts[-1].endswith(".u8")
+        elif inside and parts[0] == "Pss:":
+            total += int(parts[1]) * 1024
+    return total
 from searchsr.data import load_folder
 before = anon()
 images = load_folder(sys.argv[1], 4)
 total = sum(int(p.hr.sum()) + int(p.lr.sum()) for p in images.images)
-print(json.dumps({"anon": anon() - before, "bytes": sum(p.hr.nbytes + p.lr.nbytes for p in images.images)}), flush=True)
+print("loaded", flush=True)
+sys.stdin.readline()
+print(json.dumps({"anon": anon() - before, "cache_pss": cache_pss(),
+                  "bytes": sum(p.hr.nbytes + p.lr.nbytes for p in images.images)}), flush=True)
 sys.stdin.read()
 """
 
@@ -48,7 +60,11 @@ def _concurrent_trials(folder, cache, count=2):
     procs = [subprocess.Popen([sys.executable, "-c", TRIAL, str(folder)], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for _ in range(count)]
     try:
-        return [json.loads(p.stdout.readline()) for p in procs]  # all alive, each holding its images
+        assert all(p.stdout.readline() == "loaded\n" for p in procs)  # all alive, each holding its images
+        for p in procs:
+            p.stdin.write("measure\n")
+            p.stdin.flush()
+        return [json.loads(p.stdout.readline()) for p in procs]
     finally:
         for p in procs:
             p.communicate("")
@@ -62,12 +78,14 @@ def test_two_trials_on_a_node_share_one_copy(photos, tmp_path, monkeypatch):
     shared = _concurrent_trials(photos, tmp_path / "cache")
     size = shared[0]["bytes"]
     assert size > 10_000_000
-    # Each trial's private memory for the set is a small fraction of it: both read the one mapped file.
+    # Each trial's private memory for the set is a small fraction of it: both read the one mapped file,
+    # whose pages they share (each one's Pss is about half of it); together about one copy.
     assert all(t["anon"] < 0.1 * size for t in shared), shared
-    assert sum(t["anon"] for t in shared) + size <= 1.2 * size  # the page cache's one copy + private parts
+    assert all(0.4 * size < t["cache_pss"] < 0.6 * size for t in shared), shared
+    assert sum(t["anon"] + t["cache_pss"] for t in shared) <= 1.2 * size, shared
     # Without the cache, every trial holds its own copy (what the test above would see if sharing broke).
     private = _concurrent_trials(photos, "off")
-    assert all(t["anon"] > 0.9 * size for t in private), private
+    assert all(t["anon"] > 0.9 * size and t["cache_pss"] == 0 for t in private), private
 
 
 def test_a_copied_folder_hits_and_an_edited_image_misses(photos, tmp_path, monkeypatch):
