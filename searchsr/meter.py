@@ -58,6 +58,14 @@ class CostMeter:
             self.reference_ms = stats.median_ms  # this meter's XLITE, today
         self.yardstick_ms = self.reference_ms  # the study's XLITE: set by the driver (use_yardstick)
         self.host = socket.gethostname()
+        self.measured: dict[str, dict[str, Any]] = {}  # what this meter measured, by architecture
+
+    def scope(self) -> dict[str, Any]:
+        """What a measurement depends on besides the architecture (``searchsr.costcache``'s key)."""
+        if self.failed:
+            raise self.failed
+        return {**self.runtime.to_dict(), "lr_size": size_text(self.lr_size), "cost_lr_size": size_text(COST_SIZE),
+                "command": self.command}
 
     def own_yardstick(self) -> dict[str, Any]:
         """This meter's own XLITE timing: what a new study stores as its yardstick."""
@@ -71,9 +79,17 @@ class CostMeter:
         self.yardstick_ms = float(xlite_ms)
 
     def measure(self, arch: dict[str, Any]) -> dict[str, Any]:
+        """The architecture's costs; one it measured before (a trial of it running alongside) is not timed again."""
         if self.failed:
             raise self.failed
         cfg = arch_from_dict(arch)
+        earlier = self.measured.get(cfg.to_json())
+        if earlier is not None:
+            return {**earlier, "latency_cached": True}
+        self.measured[cfg.to_json()] = result = self._measure(cfg)
+        return result
+
+    def _measure(self, cfg: Any) -> dict[str, Any]:
         model = build_model(cfg)
         cost = count_cost(model, COST_SIZE)
         fused = prepare_for_timing(model)
@@ -97,7 +113,8 @@ class CostMeter:
                 "latency_ratio_ci_high": interval[1], "latency_ratio_converged": converged,
                 "latency_rounds": rounds, "latency_ratio_bound": self.rel_half_width,
                 "latency_backend": self.backend, "latency_runtime": self.runtime.runtime,
-                "latency_runtime_version": self.runtime.version, "latency_precision": self.runtime.precision}
+                "latency_runtime_version": self.runtime.version, "latency_precision": self.runtime.precision,
+                "latency_source": "measured", "latency_cached": False}
 
 
 def size_text(size: tuple[int, int]) -> str:

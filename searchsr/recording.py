@@ -32,6 +32,7 @@ from typing import Any
 import optuna
 
 from searchsr import internals
+from searchsr.costcache import cached_costs, cost_key, remember_costs
 from searchsr.halving import STOPPED_ATTR
 from searchsr.objectives import Constraint, Objective, set_constraints
 from searchsr.runs import failure_reason, trial_dir
@@ -45,7 +46,7 @@ METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "
                "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
 INFO_KEYS = ("schedule", "host", "node_id", "device", "latency_host", "latency_threads", "latency_lr_size",
              "latency_backend", "latency_runtime", "latency_runtime_version", "latency_precision",
-             "cost_lr_size", INFEASIBLE)
+             "cost_lr_size", "latency_source", "latency_cached", INFEASIBLE)
 STALE_CHECK_S = 10  # how often a driver looks for trials other drivers lost, between its own trials
 
 
@@ -78,11 +79,18 @@ def reuse(study: optuna.Study, ot_trial: optuna.Trial, number: int) -> None:
     study.tell(ot_trial, earlier.values)
 
 
+def keep_measurement(study: optuna.Study, result: dict | None) -> None:
+    """A trial's fresh measurement (``costs_json``: not from the cache), kept in the study's cache."""
+    if result and result.get("costs_json") and result.get("cost_key"):
+        remember_costs(study, result["cost_key"], json.loads(result["costs_json"]))
+
+
 def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...],
                   constraints: tuple[Constraint, ...], runs_root: Path, common: dict[str, Any],
-                  stopped: dict[str, int] | None = None):
+                  stopped: dict[str, int] | None = None, cost_scope: dict[str, Any] | None = None):
     """Ray's OptunaSearch on our study, recording attributes and heartbeats on the driver. Each trial's
-    config is its sampled ``arch``, its ``number`` in the study and ``common`` (what every trial needs).
+    config is its sampled ``arch``, its ``number`` in the study, its costs where the study's cache has
+    them (``cost_scope``: the meter's, ``searchsr.costcache``) and ``common`` (what every trial needs).
     ``stopped`` is the early-stopping scheduler's record of the trials it stopped (Tune id -> rung step)."""
     from ray.tune.search.optuna import OptunaSearch
 
@@ -93,8 +101,10 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
         trial.set_user_attr("driver", driver)  # a rerun on this host fails it at once if this driver dies
         arch = sample_values(space, trial)
         same = same_architecture(trial.study, trial)
+        key = cost_key(arch, cost_scope) if cost_scope is not None else None
         return {"arch": arch, "number": trial.number, "retry_of": trial.user_attrs.get("retry_of"),
-                "same_as": same[0] if same else None, "same_state": same[1] if same else None, **common}
+                "same_as": same[0] if same else None, "same_state": same[1] if same else None,
+                "cost_key": key, "costs": cached_costs(trial.study, key), **common}
 
     class RecordingSearch(OptunaSearch):
         # The study comes in as an argument and lives on the instance only, never in this class's
@@ -131,7 +141,9 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
             return config
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            """Rung results are the scheduler's (``searchsr.rungs``); Optuna's ``Trial.report`` is not used."""
+            """Rung results are the scheduler's (``searchsr.rungs``); Optuna's ``Trial.report`` is not used.
+            A first result may carry a fresh measurement: the study keeps it."""
+            keep_measurement(self.study, result)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = internals.searcher_trials(self).get(trial_id)
@@ -140,6 +152,7 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
                 return
             kind = (result or {}).get("kind")
             at_rung = (stopped or {}).get(trial_id)
+            keep_measurement(self.study, result)
             if kind == SAME and not error:
                 reuse(self.study, ot_trial, int(result["same_as"]))
                 done.add(trial_id)

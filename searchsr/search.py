@@ -252,6 +252,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
 
     from searchsr.raysession import (TrialProgress, check_resources, cluster_cpus, cluster_gpus, ray_session,
                                      meter_get, sigterm_as_interrupt, start_meter)
+    from searchsr.costcache import cache_size
     from searchsr.recording import make_searcher
     from searchsr.rungs import ParetoHalving
     from searchsr.schedule import load_schedule
@@ -284,7 +285,10 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             f"{','.join(o.name for o in settings.objectives)}, sampler {describe_sampler(settings.sampler, study)}, "
             f"schedule "
             f"{settings.schedule}")
-        for line in (note, first_time, f"latency yardstick: {describe_yardstick(yardstick)}"):
+        kept = cache_size(study)
+        for line in (note, first_time, f"latency yardstick: {describe_yardstick(yardstick)}",
+                     f"{kept} cost measurement(s) kept in the study: those architectures are not measured again"
+                     if kept else ""):
             if line:
                 say(line)
         halving = ParetoHalving(study, settings.objectives, settings.eta, load_schedule(settings.schedule).steps) \
@@ -294,7 +298,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
                 f"(top 1/{settings.eta} of each rung go on)")
         searcher = make_searcher(study, settings.space, settings.objectives, settings.all_constraints,
                                  settings.runs_root.resolve(), settings.worker_config(),
-                                 halving.stopped if halving is not None else None)
+                                 halving.stopped if halving is not None else None,
+                                 meter_get(meter.scope.remote()))
         progress = TrialProgress(settings.trials, "trial", _describe_done(settings.objectives), _describe_error,
                                  settings.max_failures)
         # Rung and infeasible results carry no PSNR; the searcher never tells them as objective values.

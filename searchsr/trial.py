@@ -56,7 +56,6 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
 
     from searchsr.data import load_split
     from searchsr.memory import check_fits_training, device_available_bytes
-    from searchsr.raysession import meter_get
     from searchsr.schedule import load_schedule
     from searchsr.train import Rung, resolve_device, train
 
@@ -76,7 +75,7 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
         # refused up front (counted on the meta device) rather than OOM-killed, and re-queued, mid-training
         check_fits_training(cfg, schedule.batch_size, schedule.patch_size, device_available_bytes(device),
                             where="this machine" if device.type == "cpu" else f"this machine's {device}")
-        costs = meter_get(meter.measure.remote(cfg.to_dict()))  # a failed --latency-cmd: one-line fail_reason
+        costs = measured_costs(config, cfg, meter)
         broken = violated(config.get("constraints", ()), costs)
         if broken:
             report = {**costs, **common, "kind": INFEASIBLE, "infeasible": "; ".join(broken), "train_seconds": 0.0,
@@ -116,6 +115,17 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
                "arch_json": cfg.to_json(), "schedule": schedule.name, "node_id": ray.get_runtime_context().get_node_id()}
     tune.report(metrics)
     return metrics
+
+
+def measured_costs(config: dict[str, Any], cfg: ArchConfig, meter: Any) -> dict[str, Any]:
+    """The architecture's costs: the study's cached measurement when the driver found one
+    (``searchsr.costcache``), else the meter's, handed back for the driver to keep (``costs_json``)."""
+    from searchsr.raysession import meter_get
+
+    if config.get("costs"):
+        return {**config["costs"], "latency_cached": True}
+    costs = meter_get(meter.measure.remote(cfg.to_dict()))  # a failed --latency-cmd: one-line fail_reason
+    return {**costs, "costs_json": json.dumps(costs), "cost_key": config.get("cost_key") or ""}
 
 
 def finished_scores(run_dir: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import optuna
 import pytest
 from PIL import Image
 
+from searchsr.costcache import cache_size
 from searchsr.storage import load_study, mask_url, open_storage
 from searchsr.study import prepare_study
 from searchsr.objectives import parse_objectives
@@ -196,3 +197,33 @@ def test_a_latency_command_measures_and_its_failures_fail_only_their_trials(tmp_
     assert {t.user_attrs["latency_runtime"] for t in complete} == {"fakephone"}
     xlite = [t for t in complete if t.user_attrs.get("preset") == "xlite"]
     assert xlite and xlite[0].user_attrs["latency_ratio"] == pytest.approx(11.0 / 10.0)  # call 1 over call 0
+
+
+ONE_ARCH = """
+params:
+  nf: 8
+  n_blocks: 1
+  se: false
+  act: relu
+"""
+
+
+@pytest.mark.slow
+def test_an_architecture_is_measured_once_per_study(tmp_path: Path) -> None:
+    # Every trial draws the same network, infeasible by a params bound (so nothing trains): the first
+    # trial measures it, the others of the run and every trial of a rerun take the study's measurement.
+    space = tmp_path / "one.yaml"
+    space.write_text(ONE_ARCH)
+    args = ["run", "--space", str(space), "--schedule", "smoke", "--storage", f"sqlite:///{tmp_path}/s.db",
+            "--runs-dir", str(tmp_path / "runs"), "--study", "t", "--latency-runs", "2", "--sampler", "random",
+            "--enqueue", "", "--constraint", "params <= 10", "--concurrency", "1"]
+    for trials in ("3", "2"):
+        out = _searchsr(*args, "--trials", trials)
+        assert out.returncode == 0, out.stderr[-2000:]
+    study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert len(pruned) == 5 and all("infeasible" in t.user_attrs for t in pruned)
+    assert [t.user_attrs["latency_cached"] for t in sorted(pruned, key=lambda t: t.number)] == [
+        False, True, True, True, True]
+    assert len({t.user_attrs["latency_ms"] for t in pruned}) == 1  # one measurement, five trials
+    assert cache_size(study) == 1
