@@ -26,6 +26,7 @@ from scipy import stats
 
 from searchsr.arch import build_model
 from searchsr.config import BASELINES, AnyArch, ArchConfig, arch_from_dict
+from searchsr.defaults import LATENCY_BACKEND
 from searchsr.errors import RetrainFailed, UsageError
 from searchsr.runs import existing_trial_dir, for_workers, ray_dir, trial_name
 from searchsr.schedule import Schedule
@@ -254,7 +255,7 @@ class RetrainSettings:
     precision: str = "fp32"  # of the training step (searchsr.tuning)
     memory_format: str = "auto"
     compile: bool = False
-    latency_backend: str = "torch"  # the runtime latency is timed on (searchsr.runtimes)
+    latency_backend: str | None = None  # the runtime latency is timed on (searchsr.runtimes); None: the study's
     latency_cmd: str | None = None  # with latency_backend "command"
     latency_timeout: float = 600.0
     verbose: bool = False
@@ -269,19 +270,26 @@ def run_retrain(settings: RetrainSettings) -> tuple[pd.DataFrame, Fidelity | Non
     from searchsr.files import check_writable_dir
     from searchsr.packing import check_gpus_per_trial, describe_shares, gpu_fits, gpu_shares, trial_resources
     from searchsr.runs import RESULT_FILE
-    from searchsr.runtimes import check_backend
+    from searchsr.runtimes import IN_PROCESS, check_backend
     from searchsr.raysession import (TrialProgress, check_address, check_resources, cluster_cpus, cluster_gpus,
                                      ray_session, start_meter)
     from searchsr.schedule import load_schedule, schedule_for_workers
     from searchsr.storage import load_study, open_storage
+    from searchsr.study import recorded_backend
 
     if settings.cpus_per_trial < 1:
         raise UsageError(f"--cpus-per-trial must be >= 1, got {settings.cpus_per_trial}")
     check_gpus_per_trial(settings.gpus_per_trial)
-    check_backend(settings.latency_backend, settings.latency_cmd, settings.latency_timeout)
+    check_backend(settings.latency_backend or ("command" if settings.latency_cmd else LATENCY_BACKEND),
+                  settings.latency_cmd, settings.latency_timeout)
     check_writable_dir(settings.out, label=f"--out {settings.out}")
     check_address(settings.address)
     study = load_study(settings.study, open_storage(settings.storage, create=False))
+    if settings.latency_backend is None:  # the study's runtime, where it timed in this process
+        backend = "command" if settings.latency_cmd else recorded_backend(study)
+        settings = replace(settings, latency_backend=backend if backend in IN_PROCESS or settings.latency_cmd
+                           else LATENCY_BACKEND)
+        check_backend(settings.latency_backend, settings.latency_cmd, settings.latency_timeout)
     jobs = [replace(job, name=existing_trial_dir(settings.out, job.trial).name)
             if job.trial is not None and job.name == trial_name(job.trial) else job  # a baseline not in the study
             for job in select_jobs(study, settings.trials, settings.front, settings.baselines)]

@@ -30,7 +30,7 @@ import optuna
 import ray
 
 from searchsr.config import ArchConfig
-from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY
+from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY, LATENCY_BACKEND
 from searchsr.errors import NothingCompleted, Terminated, TooManyFailures, UsageError
 from searchsr.halving import DEFAULT_ETA, default_first_rung, rung_steps
 from searchsr.objectives import Constraint, Objective
@@ -75,7 +75,7 @@ class SearchSettings:
     precision: str = "fp32"  # of the training step (searchsr.tuning); validation is fp32
     memory_format: str = "auto"
     compile: bool = False
-    latency_backend: str = "torch"  # the runtime latency is timed on (searchsr.runtimes)
+    latency_backend: str | None = None  # the runtime latency is timed on (searchsr.runtimes); None: with_backend
     latency_cmd: str | None = None  # with latency_backend "command"
     latency_timeout: float = 600.0
     verbose: bool = False
@@ -112,7 +112,8 @@ class SearchSettings:
 
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        check_backend(self.latency_backend, self.latency_cmd, self.latency_timeout)
+        check_backend(self.latency_backend or ("command" if self.latency_cmd else LATENCY_BACKEND), self.latency_cmd,
+                      self.latency_timeout)
         if self.precision == "fp16" and not self.gpus_per_trial:
             raise UsageError("--precision fp16 trains on GPUs only: add --gpus-per-trial, or use bf16 on CPUs")
         if self.early_stop not in EARLY_STOP:
@@ -136,6 +137,26 @@ class SearchSettings:
         check_images(self.train_dir, self.val_dir or (self.train_dir if self.val_count else None),
                      space_scales(self.space), schedule.patch_size)
         preset_params(self.space, self.enqueue)
+
+    def with_backend(self, storage: Any) -> SearchSettings:
+        """The latency backend, when none was given: a continued study's own (older studies: torch), else
+        onnxruntime, what ``export`` ships (command with a --latency-cmd); checked again as the one chosen."""
+        from dataclasses import replace
+
+        from searchsr.runtimes import check_backend
+        from searchsr.storage import load_study, study_names
+        from searchsr.study import recorded_backend
+
+        if self.latency_backend is not None:
+            return self
+        if self.latency_cmd is not None:
+            backend = "command"
+        elif self.study in study_names(storage):
+            backend = recorded_backend(load_study(self.study, storage))
+        else:
+            backend = LATENCY_BACKEND
+        check_backend(backend, self.latency_cmd, self.latency_timeout)
+        return replace(self, latency_backend=backend)
 
     def setup(self) -> dict[str, dict[str, str]]:
         """What makes this run's trials comparable with the study's others, each as a label for users
@@ -263,6 +284,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
 
     settings.check()
     storage = open_storage(settings.storage, settings.stale_after)
+    settings = settings.with_backend(storage)
     setup = settings.setup()
     check_continuation(storage, settings, setup)  # reads only: a refusal writes nothing
     with ray_session(settings.address, settings.verbose), sigterm_as_interrupt() as signals:
@@ -283,8 +305,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         say(f"study {settings.study!r} in {mask_url(settings.storage)}: {len(trials) - queued} trial(s) so far, "
             f"{settings.trials} new{f' ({queued} queued first)' if queued else ''}; objectives "
             f"{','.join(o.name for o in settings.objectives)}, sampler {describe_sampler(settings.sampler, study)}, "
-            f"schedule "
-            f"{settings.schedule}")
+            f"schedule {settings.schedule}, latency on {settings.latency_backend}")
         kept = cache_size(study)
         for line in (note, first_time, f"latency yardstick: {describe_yardstick(yardstick)}",
                      f"{kept} cost measurement(s) kept in the study: those architectures are not measured again"

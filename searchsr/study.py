@@ -305,6 +305,12 @@ def check_setup(study: optuna.Study, setup: dict[str, dict[str, str]]) -> None:
                          "comparable on one front (use another --study, or the same settings)")
 
 
+def recorded_backend(study: optuna.Study) -> str:
+    """The latency backend ``study`` was measured on (a study from before backends: torch)."""
+    stored = (study.user_attrs.get(SETUP_ATTR) or {}).get("latency backend")
+    return stored["label"].split(" ", 1)[0] if stored else "torch"
+
+
 def record_setup(study: optuna.Study, setup: dict[str, dict[str, str]]) -> None:
     stored = study.user_attrs.get(SETUP_ATTR) or {}
     if any(k not in stored for k in setup):

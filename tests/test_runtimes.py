@@ -56,6 +56,28 @@ def test_a_study_keeps_one_latency_backend_and_older_studies_were_torch():
         check_setup(old, _setup("onnxruntime"))
 
 
+def test_a_new_study_times_on_onnxruntime_and_a_continued_one_on_its_own(tmp_path):
+    from searchsr.objectives import parse_objectives
+    from searchsr.search import SearchSettings
+    from searchsr.space import load_space
+    from searchsr.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    settings = SearchSettings(space=load_space("tiny"), objectives=parse_objectives("psnr,latency"), trials=1,
+                              study="old")
+    assert settings.with_backend(storage).latency_backend == "onnxruntime"  # no such study yet
+    old = optuna.create_study(study_name="old", storage=storage, directions=["maximize", "minimize"])
+    old.set_user_attr(SETUP_ATTR, {"schedule": {"label": "short", "key": "s"}})  # from before backends
+    assert settings.with_backend(storage).latency_backend == "torch"
+    record_setup(optuna.create_study(study_name="cmd", storage=storage, directions=["maximize", "minimize"]),
+                 {"latency backend": {"label": "command (adb {model})", "key": "command (adb {model})"}})
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="--latency-cmd"):  # its command is not remembered: say it again
+        replace(settings, study="cmd").with_backend(storage)
+    assert replace(settings, latency_backend="torch").with_backend(storage).latency_backend == "torch"
+
+
 def test_profile_on_onnxruntime(capsys):
     assert main(["profile", "--arch", "xlite", "--latency", "--latency-backend", "onnxruntime", "--runs", "2",
                  "--lr-size", "24", "24", "--device", "cpu", "--json"]) == 0

@@ -79,13 +79,15 @@ def training() -> argparse.ArgumentParser:
     return parser
 
 
-def latency_backend(default: str) -> argparse.ArgumentParser:
-    """``--latency-backend``: the runtime latency is timed on (``searchsr.runtimes``)."""
+def latency_backend(default: str | None, says: str = "") -> argparse.ArgumentParser:
+    """``--latency-backend``: the runtime latency is timed on (``searchsr.runtimes``); ``default`` None
+    leaves it to the command (``says`` tells users what it picks)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--latency-backend", choices=LATENCY_BACKENDS, default=default,
                         help="time latency on eager PyTorch (BN fused), on ONNX Runtime running the graph `export` "
-                             "writes (CPU provider, the same threads), or with your --latency-cmd on that graph "
-                             f"(default: {default})")
+                             "writes (CPU provider, the same threads), on ExecuTorch with XNNPACK (the mobile "
+                             "extra), or with your --latency-cmd on that graph "
+                             f"(default: {says or default})")
     parser.add_argument("--latency-cmd", metavar="TEMPLATE",
                         help="with --latency-backend command: a shell command that times {model} (an exported "
                              "model.onnx; {input_h}, {input_w}: the LR size) and prints JSON with median_ms (or a "

@@ -9,12 +9,14 @@ from searchsr.cli import options
 from searchsr.defaults import DEFAULT_SPACE
 from searchsr.errors import UsageError
 
-LATENCY_BACKEND = "torch"  # run's and retrain's default runtime for latency
+RUN_BACKEND = ("onnxruntime for a new study, a continued study's own; command with --latency-cmd")
+RETRAIN_BACKEND = ("the study's when it timed in this process (torch, onnxruntime, executorch), else onnxruntime; "
+                   "command with --latency-cmd")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", parents=[options.common(), options.study(), options.ray_cluster(), options.training(),
-                                       options.latency_backend(LATENCY_BACKEND)],
+                                       options.latency_backend(None, RUN_BACKEND)],
                        help="search: Optuna multi-objective study, trials run by Ray Tune",
                        description="Run N new trials of a study (created or continued): each trial trains "
                                    "the proxy schedule, scores PSNR-Y/SSIM-Y, counts FLOPs/params and "
@@ -76,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_front)
 
     p = sub.add_parser("retrain", parents=[options.common(), options.study(), options.ray_cluster(),
-                                           options.training(), options.latency_backend(LATENCY_BACKEND)],
+                                           options.training(), options.latency_backend(None, RETRAIN_BACKEND)],
                        help="retrain front trials and LITE/XLITE with one schedule, compare, write back",
                        description="Retrain chosen trials' architectures and the paper's baselines with the same "
                                    "schedule and data (one Ray Tune trial per network, resumable: rerun to "
