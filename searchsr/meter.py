@@ -78,21 +78,34 @@ class CostMeter:
     def use_yardstick(self, xlite_ms: float) -> None:
         self.yardstick_ms = float(xlite_ms)
 
-    def measure(self, arch: dict[str, Any]) -> dict[str, Any]:
-        """The architecture's costs; one it measured before (a trial of it running alongside) is not timed again."""
+    def measure(self, arch: dict[str, Any], latency: bool = True) -> dict[str, Any]:
+        """The architecture's costs, latency included unless ``latency`` is False (a trial whose latency is
+        predicted: ``searchsr.latencypolicy``); one measured before (a trial of it running alongside) is
+        not timed again."""
         if self.failed:
             raise self.failed
         cfg = arch_from_dict(arch)
+        if not latency:
+            return self._counts(build_model(cfg))
         earlier = self.measured.get(cfg.to_json())
         if earlier is not None:
             return {**earlier, "latency_cached": True}
-        self.measured[cfg.to_json()] = result = self._measure(cfg)
+        model = build_model(cfg)
+        self.measured[cfg.to_json()] = result = {**self._counts(model), **self._latency(model, cfg)}
         return result
 
-    def _measure(self, cfg: Any) -> dict[str, Any]:
-        model = build_model(cfg)
+    def _counts(self, model: Any) -> dict[str, Any]:
+        """What is counted, not timed: params, FLOPs, activations, memory, and where latency is timed."""
         cost = count_cost(model, COST_SIZE)
-        fused = prepare_for_timing(model)
+        return {"flops": cost.flops, "macs": cost.macs, "params": cost.params, "activations": cost.activations,
+                "memory": peak_memory_bytes(prepare_for_timing(model), self.lr_size), "xlite_ms": self.yardstick_ms,
+                "latency_threads": self.runtime.threads, "latency_lr_size": size_text(self.lr_size),
+                "cost_lr_size": size_text(COST_SIZE), "latency_backend": self.backend,
+                "latency_runtime": self.runtime.runtime, "latency_runtime_version": self.runtime.version,
+                "latency_precision": self.runtime.precision}
+
+    def _latency(self, model: Any, cfg: Any) -> dict[str, Any]:
+        """The network's latency as its ratio to XLITE timed alongside, times the study's yardstick."""
         if self.backend == "command":
             ms, details = command_latency(model, cfg, self.command, self.command_timeout_s, self.lr_size)
             ratio, rel_iqr = ms / self.reference_ms, float(details.get("iqr_ms", 0) or 0) / ms
@@ -104,17 +117,11 @@ class CostMeter:
             ratio, rel_iqr = est.ratio, est.own.iqr_ms / est.own.median_ms
             interval, converged, rounds = (est.ci_low, est.ci_high), est.converged, est.rounds
         latency_ms = ratio * self.yardstick_ms
-        return {"flops": cost.flops, "macs": cost.macs, "params": cost.params, "activations": cost.activations,
-                "memory": peak_memory_bytes(fused, self.lr_size), "latency_ratio": ratio,
-                "latency_ms": latency_ms, "latency_iqr_ms": rel_iqr * latency_ms,
-                "xlite_ms": self.yardstick_ms, "xlite_ms_measured": self.reference_ms, "latency_host": self.host,
-                "latency_threads": self.runtime.threads, "latency_lr_size": size_text(self.lr_size),
-                "cost_lr_size": size_text(COST_SIZE), "latency_ratio_ci_low": interval[0],
-                "latency_ratio_ci_high": interval[1], "latency_ratio_converged": converged,
-                "latency_rounds": rounds, "latency_ratio_bound": self.rel_half_width,
-                "latency_backend": self.backend, "latency_runtime": self.runtime.runtime,
-                "latency_runtime_version": self.runtime.version, "latency_precision": self.runtime.precision,
-                "latency_source": "measured", "latency_cached": False}
+        return {"latency_ratio": ratio, "latency_ms": latency_ms, "latency_iqr_ms": rel_iqr * latency_ms,
+                "xlite_ms_measured": self.reference_ms, "latency_host": self.host,
+                "latency_ratio_ci_low": interval[0], "latency_ratio_ci_high": interval[1],
+                "latency_ratio_converged": converged, "latency_rounds": rounds,
+                "latency_ratio_bound": self.rel_half_width, "latency_source": "measured", "latency_cached": False}
 
 
 def size_text(size: tuple[int, int]) -> str:

@@ -42,7 +42,8 @@ from searchsr.trial import FINAL, INFEASIBLE, SAME
 
 METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
                "xlite_ms_measured", "latency_ratio_ci_low", "latency_ratio_ci_high", "latency_ratio_converged",
-               "latency_rounds", "latency_ratio_bound",
+               "latency_rounds", "latency_ratio_bound", "latency_predicted_ms", "latency_predictor_share",
+               "latency_predictor_trials",
                "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
 INFO_KEYS = ("schedule", "host", "node_id", "device", "latency_host", "latency_threads", "latency_lr_size",
              "latency_backend", "latency_runtime", "latency_runtime_version", "latency_precision",
@@ -87,10 +88,13 @@ def keep_measurement(study: optuna.Study, result: dict | None) -> None:
 
 def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...],
                   constraints: tuple[Constraint, ...], runs_root: Path, common: dict[str, Any],
-                  stopped: dict[str, int] | None = None, cost_scope: dict[str, Any] | None = None):
+                  stopped: dict[str, int] | None = None, cost_scope: dict[str, Any] | None = None,
+                  planner: Any = None):
     """Ray's OptunaSearch on our study, recording attributes and heartbeats on the driver. Each trial's
     config is its sampled ``arch``, its ``number`` in the study, its costs where the study's cache has
-    them (``cost_scope``: the meter's, ``searchsr.costcache``) and ``common`` (what every trial needs).
+    them (``cost_scope``: the meter's, ``searchsr.costcache``), else whether to measure its latency or take
+    a prediction (``planner``: ``searchsr.latencypolicy.LatencyPlanner``), and ``common`` (what every
+    trial needs).
     ``stopped`` is the early-stopping scheduler's record of the trials it stopped (Tune id -> rung step)."""
     from ray.tune.search.optuna import OptunaSearch
 
@@ -102,9 +106,11 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
         arch = sample_values(space, trial)
         same = same_architecture(trial.study, trial)
         key = cost_key(arch, cost_scope) if cost_scope is not None else None
+        costs = cached_costs(trial.study, key)
+        plan = planner.plan(trial.number, arch) if planner is not None and costs is None else None
         return {"arch": arch, "number": trial.number, "retry_of": trial.user_attrs.get("retry_of"),
                 "same_as": same[0] if same else None, "same_state": same[1] if same else None,
-                "cost_key": key, "costs": cached_costs(trial.study, key), **common}
+                "cost_key": key, "costs": costs, "latency_plan": plan, **common}
 
     class RecordingSearch(OptunaSearch):
         # The study comes in as an argument and lives on the instance only, never in this class's

@@ -33,6 +33,7 @@ from searchsr.config import ArchConfig
 from searchsr.defaults import DEFAULT_STORAGE, DEFAULT_STUDY, LATENCY_BACKEND
 from searchsr.errors import NothingCompleted, Terminated, TooManyFailures, UsageError
 from searchsr.halving import DEFAULT_ETA, default_first_rung, rung_steps
+from searchsr.latencypolicy import LatencyPlanner, PredictPolicy
 from searchsr.objectives import Constraint, Objective
 from searchsr.packing import check_gpus_per_trial, plan_concurrency, trial_resources
 from searchsr.space import SearchSpace
@@ -78,6 +79,7 @@ class SearchSettings:
     latency_backend: str | None = None  # the runtime latency is timed on (searchsr.runtimes); None: with_backend
     latency_cmd: str | None = None  # with latency_backend "command"
     latency_timeout: float = 600.0
+    predict: PredictPolicy = PredictPolicy(0)  # --latency-predict-after (searchsr.latencypolicy)
     verbose: bool = False
 
     @property
@@ -126,6 +128,7 @@ class SearchSettings:
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
         check_gpus_per_trial(self.gpus_per_trial)
+        self.predict.check()
         if self.early_stop == "none" and (self.first_rung or self.eta != DEFAULT_ETA):
             raise UsageError("--eta and --first-rung set early stopping: add --early-stop pareto")
         check_study_name(self.study)
@@ -320,7 +323,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         searcher = make_searcher(study, settings.space, settings.objectives, settings.all_constraints,
                                  settings.runs_root.resolve(), settings.worker_config(),
                                  halving.stopped if halving is not None else None,
-                                 meter_get(meter.scope.remote()))
+                                 meter_get(meter.scope.remote()),
+                                 LatencyPlanner(study, settings.predict, yardstick["xlite_ms"]))
         progress = TrialProgress(settings.trials, "trial", _describe_done(settings.objectives), _describe_error,
                                  settings.max_failures)
         # Rung and infeasible results carry no PSNR; the searcher never tells them as objective values.

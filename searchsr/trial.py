@@ -119,13 +119,18 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
 
 def measured_costs(config: dict[str, Any], cfg: ArchConfig, meter: Any) -> dict[str, Any]:
     """The architecture's costs: the study's cached measurement when the driver found one
-    (``searchsr.costcache``), else the meter's, handed back for the driver to keep (``costs_json``)."""
+    (``searchsr.costcache``); counts and the driver's predicted latency when its plan says so
+    (``searchsr.latencypolicy``); else the meter's, handed back for the driver to keep (``costs_json``)."""
     from searchsr.raysession import meter_get
 
     if config.get("costs"):
         return {**config["costs"], "latency_cached": True}
+    plan = dict(config.get("latency_plan") or {})
+    measure = plan.pop("measure", True)
+    if not measure:
+        return {**meter_get(meter.measure.remote(cfg.to_dict(), latency=False)), **plan, "latency_cached": False}
     costs = meter_get(meter.measure.remote(cfg.to_dict()))  # a failed --latency-cmd: one-line fail_reason
-    return {**costs, "costs_json": json.dumps(costs), "cost_key": config.get("cost_key") or ""}
+    return {**costs, **plan, "costs_json": json.dumps(costs), "cost_key": config.get("cost_key") or ""}
 
 
 def finished_scores(run_dir: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@
     view.py    report, dashboard           looking at a study
     ship.py    export, upscale             a network leaving searchsr
     bench.py   bench latency|concurrency|train
+    latency.py latency fit                 a latency predictor fitted on a study's measurements
 
 Each module has ``register(subparsers)`` beside its handlers; shared options come from the parent
 parsers in ``options.py``. Heavy libraries (torch, Ray, ONNX Runtime, plotly) are imported inside
@@ -25,7 +26,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from searchsr.cli import bench, model, search, ship, view
+from searchsr.cli import bench, latency, model, search, ship, view
 from searchsr.errors import SearchsrError, Terminated
 
 PROG = "searchsr"
@@ -44,7 +45,7 @@ def build_parser() -> Parser:
                                            "ECCV-W 2020) for the best x4 network under a latency/FLOP budget.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (model, search, view, ship, bench):
+    for family in (model, search, view, ship, bench, latency):
         family.register(sub)
     return parser
 

@@ -51,6 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
     p.add_argument("--max-failures", type=int, default=0, help="stop after this many failed trials (0: never)")
+    p.add_argument("--latency-predict-after", type=int, default=0, metavar="N",
+                   help="once the study has N measured trials, predict latency from the cost model fitted on them "
+                        "(searchsr latency fit) instead of measuring, while its cross-validated share within +-10%% "
+                        "is at least --latency-predict-floor; every --latency-measure-every-th trial is still "
+                        "measured (default: 0, never predict)")
+    p.add_argument("--latency-predict-floor", type=float, default=0.95, metavar="SHARE",
+                   help="share of cross-validated predictions within +-10%% needed to predict (default: 0.95)")
+    p.add_argument("--latency-measure-every", type=int, default=5, metavar="K",
+                   help="with predictions on, still measure every K-th trial (default: 5)")
     p.add_argument("--meter-resource", metavar="NAME",
                    help="time latency on a Ray node with this custom resource (ray start --resources "
                         "'{\"NAME\": 1}'), so every driver of a study times on the same kind of machine")
@@ -106,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """``run``'s arguments as ``SearchSettings`` (parsed here, validated by ``SearchSettings.check``)."""
+    from searchsr.latencypolicy import PredictPolicy
     from searchsr.objectives import parse_constraints, parse_objectives
     from searchsr.search import SearchSettings
     from searchsr.space import load_space
@@ -122,7 +132,9 @@ def settings_from_args(args: argparse.Namespace):
                           early_stop=args.early_stop, eta=args.eta, first_rung=args.first_rung,
                           precision=args.precision, memory_format=args.memory_format, compile=args.compile,
                           latency_backend=args.latency_backend, latency_cmd=args.latency_cmd,
-                          latency_timeout=args.latency_timeout, verbose=args.verbose)
+                          latency_timeout=args.latency_timeout, verbose=args.verbose,
+                          predict=PredictPolicy(args.latency_predict_after, args.latency_predict_floor,
+                                                args.latency_measure_every))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
