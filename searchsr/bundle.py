@@ -18,10 +18,14 @@
   every SE layer's input over the tile's core (``core_mask``, given the means of the earlier SE
   layers), and ``model_tiles`` runs a tile with all image-wide means given (``se_means``, one
   row per SE layer). This is ``searchsr.evaluate.forward_tiled``'s algorithm, as graphs.
+* ``model_int8.onnx`` (``export --int8``): ``model.onnx`` statically quantized to INT8 (QDQ), same
+  interface (float32 in and out), made by ``searchsr.quantize``; with squeeze-excite also
+  ``model_int8_tiles.onnx`` and ``model_int8_se_stats.onnx``, the helpers quantized the same way. Its
+  metadata adds ``precision`` = ``int8`` and the ONNX Runtime settings it was tuned for (``INT8_SESSION``).
 * ``model.ts``             TorchScript (traced, BN-fused, same clamp), any input size.
 * ``model_card.json`` / ``model_card.md``  what the model is and where it came from.
 
-Readers: ``OnnxModel`` (ONNX Runtime, tiled through the helper graphs) and ``TorchModel``
+Readers: ``OnnxModel`` (ONNX Runtime, tiled through the helper graphs; ``int8=True`` runs the INT8 files) and ``TorchModel``
 (``arch.yaml`` + ``weights.safetensors``, BN folded, ``searchsr.evaluate.upscale``). Weights
 are only ever read with safetensors (never pickle); ``load_weights`` checks keys, shapes,
 dtypes and finiteness against the architecture and reports any problem in one line.
@@ -51,6 +55,11 @@ ONNX_FILE = "model.onnx"
 TILES_FILE = "model_tiles.onnx"
 STATS_FILE = "model_se_stats.onnx"
 TS_FILE = "model.ts"
+INT8_FILE = "model_int8.onnx"
+INT8_TILES_FILE = "model_int8_tiles.onnx"
+INT8_STATS_FILE = "model_int8_se_stats.onnx"
+FP32_GRAPHS = (ONNX_FILE, TILES_FILE, STATS_FILE)  # the whole network, then its two tiling helpers
+INT8_GRAPHS = (INT8_FILE, INT8_TILES_FILE, INT8_STATS_FILE)
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 
@@ -60,6 +69,9 @@ META_PREFIX = "searchsr."  # ONNX metadata_props keys
 OPSET = 17
 MIN_SIDE = 2  # the bicubic skip's symmetric border needs 2 pixels
 BACKENDS = ("onnx", "torch")
+# metadata of an INT8 graph: its precision, and the session it was tuned for (JSON: graph optimization
+# level and ONNX Runtime optimizers to leave out), which ``ort_session(..., int8=True)`` applies
+PRECISION_KEY, INT8_SESSION = META_PREFIX + "precision", META_PREFIX + "ort_session"
 
 
 @dataclass(frozen=True)
@@ -146,9 +158,25 @@ def load_weights(path: str | Path, cfg: ArchConfig | None = None) -> tuple[ArchC
     return cfg, model.eval()
 
 
-def ort_session(path: str | Path | bytes, threads: int | None = None):
+def graph_props(path: str | Path | bytes) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (or serialized graph); an unreadable one is a one-line UsageError."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path))
+    except (DecodeError, OSError, ValueError) as err:
+        where = "the ONNX graph" if isinstance(path, bytes) else str(path)
+        raise UsageError(f"{where}: cannot load ONNX model ({first_line(err)})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def ort_session(path: str | Path | bytes, threads: int | None = None, int8: bool | None = False):
     """An ONNX Runtime CPU session of a file (or a serialized graph); a missing or corrupt file is a
-    one-line ``UsageError``. What ``upscale`` runs and the ``onnxruntime`` latency backend times."""
+    one-line ``UsageError``. What ``upscale`` runs and the ``onnxruntime`` latency backend times.
+
+    ``int8=True`` applies the session settings an INT8 graph records (``INT8_SESSION``); ``None``
+    does so when the graph's metadata says it is INT8."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -158,11 +186,19 @@ def ort_session(path: str | Path | bytes, threads: int | None = None):
     # by ~450 MB with no speed gain over EXTENDED with the arena kept and patterns off.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.enable_mem_pattern = False
+    disabled: list[str] = []
+    if int8 is not False:
+        props = graph_props(path)
+        if int8 or props.get(PRECISION_KEY) == "int8":
+            tuned = json.loads(props.get(INT8_SESSION) or "{}")
+            if tuned.get("graph_optimization_level") == "all":  # INT8 convolutions run in NHWC only at this level
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            disabled = list(tuned.get("disabled_optimizers", []))
     if threads:
         options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
-                                    providers=["CPUExecutionProvider"])
+                                    providers=["CPUExecutionProvider"], disabled_optimizers=disabled or None)
     except Exception as err:  # onnxruntime raises its own pybind exception types
         where = "the ONNX graph" if isinstance(path, bytes) else str(path)
         raise UsageError(f"{where}: cannot load ONNX model ({first_line(err)})") from None
@@ -173,27 +209,42 @@ class OnnxModel:
 
     An input larger than one tile runs in overlapping tiles: one sweep over the tiles per
     squeeze-excite layer measures that layer's image-wide mean (``model_se_stats.onnx``), then
-    a last sweep runs every tile with all means known (``model_tiles.onnx``).
+    a last sweep runs every tile with all means known (``model_tiles.onnx``). ``int8=True`` runs
+    the INT8 graphs (``model_int8*.onnx``) the same way.
     """
 
-    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+    def __init__(self, folder: str | Path, threads: int | None = None, int8: bool = False) -> None:
         folder = Path(folder)
-        if not (folder / ONNX_FILE).is_file():
-            raise UsageError(f"{folder}: no {ONNX_FILE} (export with --format including onnx, or use --backend torch)")
-        self.full = ort_session(folder / ONNX_FILE, threads)
-        meta = GraphMetadata.parse(self.full.get_modelmeta().custom_metadata_map, folder / ONNX_FILE)
-        self.scale, self.radius, self.n_se = meta.scale, meta.context_radius, len(meta.se_channels)
-        self.channels = meta.se_channels[0] if meta.se_channels else 0
-        self.tiles_session = self.stats_session = None
+        full, tiles_file, stats_file = INT8_GRAPHS if int8 else FP32_GRAPHS
+        if not (folder / full).is_file():
+            hint = ("re-export with `searchsr export --int8`" if int8
+                    else "export with --format including onnx, or use --backend torch")
+            raise UsageError(f"{folder}: no {full} ({hint})")
+        self._open(ort_session(folder / full, threads, int8), folder / full)
         if self.n_se:
-            missing = [f for f in (TILES_FILE, STATS_FILE) if not (folder / f).is_file()]
+            missing = [f for f in (tiles_file, stats_file) if not (folder / f).is_file()]
             if missing:
                 raise UsageError(f"{folder}: no {' or '.join(missing)}, which exact tiled inference of a network "
                                  "with squeeze-excite needs (re-export the model, or use --backend torch)")
-            self.tiles_session = ort_session(folder / TILES_FILE, threads)
-            self.stats_session = ort_session(folder / STATS_FILE, threads)
+            self.tiles_session = ort_session(folder / tiles_file, threads, int8)
+            self.stats_session = ort_session(folder / stats_file, threads, int8)
             # With one SE layer the exporter drops se_means from the stats graph: no earlier mean is used.
             self.stats_inputs = {i.name for i in self.stats_session.get_inputs()}
+
+    @classmethod
+    def from_graph(cls, graph: str | Path | bytes, threads: int | None = None) -> OnnxModel:
+        """One graph (FP32 or INT8, a file or its bytes) without its tiling helpers: a network with
+        squeeze-excite then runs every image whole (tiles would change its SE means)."""
+        model = cls.__new__(cls)
+        model._open(ort_session(graph, threads, int8=None), Path("<graph>" if isinstance(graph, bytes) else graph))
+        return model
+
+    def _open(self, session, path: Path) -> None:
+        self.full = session
+        meta = GraphMetadata.parse(session.get_modelmeta().custom_metadata_map, path)
+        self.scale, self.radius, self.n_se = meta.scale, meta.context_radius, len(meta.se_channels)
+        self.channels = meta.se_channels[0] if meta.se_channels else 0
+        self.tiles_session = self.stats_session = None
 
     def tiles(self, x: np.ndarray, tile: int) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
         """For a float32 1x3xHxW input: (output slices, output block 1x3xhxw) covering the output once."""
@@ -201,7 +252,7 @@ class OnnxModel:
             raise UsageError(f"expected a float32 1x3xHxW input, got {x.dtype} {x.shape}")
         h, w = x.shape[-2:]
         s = self.scale
-        if h <= tile and w <= tile:
+        if (h <= tile and w <= tile) or (self.n_se and self.tiles_session is None):
             yield (slice(0, s * h), slice(0, s * w)), self.full.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
             return
         grid = tiles(h, w, tile, self.radius)
@@ -272,13 +323,17 @@ class TorchModel:
         return upscale(self.model, img, tile)
 
 
-def load_model(folder: str | Path, backend: str = "onnx", threads: int | None = None) -> OnnxModel | TorchModel:
-    """The exported model in ``folder`` for ``backend`` (onnx or torch); bad folders are one-line errors."""
+def load_model(folder: str | Path, backend: str = "onnx", threads: int | None = None,
+               int8: bool = False) -> OnnxModel | TorchModel:
+    """The exported model in ``folder`` for ``backend`` (onnx or torch; ``int8``: the INT8 ONNX graphs);
+    bad folders are one-line errors."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such model folder")
     if backend == "onnx":
-        return OnnxModel(folder, threads)
+        return OnnxModel(folder, threads, int8)
+    if int8:
+        raise UsageError(f"--int8 runs {INT8_FILE} with ONNX Runtime: use it with --backend onnx")
     if backend == "torch":
         return TorchModel(folder)
     raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -53,9 +53,10 @@ def versions() -> dict[str, str]:
 
 def make_card(name: str, cfg: ArchConfig, cost: dict[str, Any], params_fused: int, provenance: dict[str, Any],
               formats: Sequence[str], radius: int, tolerance: float, checks: list[dict[str, Any]],
-              folder: Path, written: Sequence[str]) -> dict[str, Any]:
+              folder: Path, written: Sequence[str], int8: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card of the export in ``folder``, whose ``written`` files it lists with sizes and digests.
-    ``radius`` is the context a tile needs; ``checks`` are the verification's comparisons."""
+    ``radius`` is the context a tile needs; ``checks`` are the verification's comparisons; ``int8`` is
+    ``searchsr.quantize.write_int8``'s section (INT8 vs FP32 scores, calibration, settings), if any."""
     card = {
         "format": FORMAT,
         "name": name,
@@ -78,6 +79,7 @@ def make_card(name: str, cfg: ArchConfig, cost: dict[str, Any], params_fused: in
                   "file": ONNX_FILE, "tiling_helpers": [f for f in written if f in (TILES_FILE, STATS_FILE)],
                   "context_radius_lr_px": radius} if ONNX_FILE in written else None),
         "torchscript": {"file": TS_FILE, "method": "torch.jit.trace"} if "torchscript" in formats else None,
+        "int8": int8,
         "verification": {"tolerance": tolerance, "runtime": "onnxruntime CPUExecutionProvider",
                          "max_abs_diff": max((c["max_abs_diff"] for c in checks), default=None),
                          "checks": checks},
@@ -143,6 +145,8 @@ def render_card(card: dict[str, Any]) -> str:
                          "LR px per side)")
     if card.get("torchscript"):
         lines.append(f"- TorchScript: `{card['torchscript']['file']}` ({card['torchscript']['method']})")
+    if card.get("int8"):
+        lines += render_int8(card["int8"])
     ver = card["verification"]
     lines += ["", "## Verification", "",
               f"Max |exported - PyTorch| on [0, 1] outputs, tolerance {ver['tolerance']:g} "
@@ -152,6 +156,26 @@ def render_card(card: dict[str, Any]) -> str:
     lines += [f"| {name} | {info['bytes']:,} | `{info['sha256']}` |" for name, info in card["files"].items()]
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def render_int8(int8: dict[str, Any]) -> list[str]:
+    """The card's INT8 section, as Markdown lines."""
+    val, cal, q = int8["validation"], int8["calibration"], int8["quantization"]
+    lines = ["", "## INT8", "",
+             (f"`{int8['file']}`{''.join(f', `{f}`' for f in int8['tiling_helpers'])}: ONNX Runtime static "
+              f"quantization ({q['format']}, weights {q['weights']} {'per channel' if q['per_channel'] else 'per tensor'}, "
+              f"activations {q['activations']}, {q['method']} calibration, reduce_range {q['reduce_range']}); "
+              f"float32: {q['float32_nodes']}. Session: `{json.dumps(q['ort_session'])}`; "
+              f"onnxruntime {int8['onnxruntime']}. {int8['bytes']:,} bytes ({int8['size_ratio']:.2f}x of FP32's "
+              f"{int8['fp32_bytes']:,})."), "",
+             (f"Calibration: {cal['patches']} LR patches of {cal['patch_size_lr']}x{cal['patch_size_lr']} px, "
+              f"seed {cal['seed']}, from `{cal['images']}` ({cal['image_count']} images)."), "",
+             f"Validation on `{val['images']}` ({val['image_count']} images; {val['protocol']}):", "",
+             "| graph | PSNR-Y (dB) | SSIM-Y |", "| --- | --- | --- |",
+             f"| FP32 | {val['fp32']['psnr_y']:.3f} | {val['fp32']['ssim_y']:.4f} |",
+             f"| INT8 | {val['int8']['psnr_y']:.3f} | {val['int8']['ssim_y']:.4f} |",
+             f"| INT8 - FP32 | {val['psnr_y_diff_db']:+.3f} | {val['ssim_y_diff']:+.4f} |"]
+    return lines + [f"- note: {note}" for note in int8.get("notes") or []]
 
 
 def summary(card: dict[str, Any], out_dir: str | Path) -> str:
@@ -168,4 +192,9 @@ def summary(card: dict[str, Any], out_dir: str | Path) -> str:
                              for name, diffs in per_file.items())
         lines.append(f"  max |diff| to PyTorch on real photos (tolerance {card['verification']['tolerance']:g}): "
                      f"{verified}")
+    if card.get("int8"):
+        int8, val = card["int8"], card["int8"]["validation"]
+        lines.append(f"  int8: {int8['file']} {int8['bytes']:,} bytes ({int8['size_ratio']:.2f}x FP32); PSNR-Y "
+                     f"{val['int8']['psnr_y']:.2f} dB vs FP32 {val['fp32']['psnr_y']:.2f} dB "
+                     f"({val['psnr_y_diff_db']:+.3f} dB) on {val['image_count']} validation images")
     return "\n".join(lines)

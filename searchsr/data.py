@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +177,27 @@ def load_split(train_dir: str | Path | None, val_dir: str | Path | None, scale: 
     train = [p for p in paths if p not in val]
     return (load_folder(train_dir, scale, train, f" (minus {val_count} held out)"),
             load_folder(train_dir, scale, val, f" ({val_count} held out for validation)"))
+
+
+_HELD_OUT = re.compile(r"^(?P<folder>.*) \((?:minus (?P<train>\d+) held out|(?P<val>\d+) held out for validation)\)$")
+
+
+def load_source(source: str | None, scale: int) -> ImageSet | None:
+    """The images an ``ImageSet.source`` (as a run's ``config.json`` records it) names, loaded again for
+    ``scale``: the embedded photos (``skimage:train ...``), a folder, or one side of a ``--val-count`` split.
+    None when there is no source or its folder is not on this machine."""
+    if not source:
+        return None
+    if source.startswith("skimage:"):
+        return load_skimage(source.removeprefix("skimage:").split(" ", 1)[0], scale)
+    split = _HELD_OUT.match(source)
+    if split and not Path(source).is_dir():
+        folder = Path(split["folder"])
+        if not folder.is_dir():
+            return None
+        train, val = load_split(folder, None, scale, int(split["train"] or split["val"]))
+        return train if split["train"] else val
+    return load_folder(source, scale) if Path(source).is_dir() else None
 
 
 def check_val_count(train_dir: str | Path | None, val_dir: str | Path | None, val_count: int) -> None:

@@ -2,7 +2,9 @@
 
 ``searchsr export --checkpoint RUN --out DIR`` writes into DIR the folder ``searchsr.bundle``
 describes (``arch.yaml``, ``weights.safetensors``, ``model.onnx`` and its tiling helpers,
-``model.ts``, ``model_card.json`` / ``model_card.md``), in the formats asked for.
+``model.ts``, ``model_card.json`` / ``model_card.md``), in the formats asked for; ``--int8`` adds
+``model_int8.onnx`` (``searchsr.quantize``: statically quantized from the verified ``model.onnx``,
+calibrated on LR patches of the run's training images, scored against FP32 on its validation images).
 
 Every file is written into a hidden temporary folder next to DIR; the ONNX graphs (run by
 ONNX Runtime from the written files) and the TorchScript module (loaded back from disk) are
@@ -42,6 +44,7 @@ from searchsr.bundle import (ARCH_FILE, CARD_JSON, CARD_MD, CORE_MASK, INPUT_NAM
                              OnnxModel, load_weights, ort_session)
 from searchsr.card import make_card, render_card
 from searchsr.config import AnyArch, ArchConfig
+from searchsr.data import ImageSet
 from searchsr.deploy import Clamped, TiledGraph, deployable, se_input_means
 from searchsr.errors import UsageError, VerificationError
 from searchsr.evaluate import context_radius, tiles
@@ -272,7 +275,8 @@ def _verify(tmp: Path, reference: nn.Module, formats: tuple[str, ...], has_tiles
 
 
 def export_model(cfg: ArchConfig, model: nn.Module, out_dir: str | Path,
-                 formats: Iterable[str] = FORMATS, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+                 formats: Iterable[str] = FORMATS, provenance: dict[str, Any] | None = None,
+                 int8: bool = False, calibration: str | Path | ImageSet | None = None) -> dict[str, Any]:
     """Export ``model`` (an instance of ``build_model(cfg)`` with trained weights) into ``out_dir``.
 
     ``out_dir`` must be new or an empty folder. ``formats`` is any subset of ``FORMATS``.
@@ -280,14 +284,20 @@ def export_model(cfg: ArchConfig, model: nn.Module, out_dir: str | Path,
     ``source`` (e.g. ``{"kind": "checkpoint", "run_dir": ...}`` or ``{"kind": "study", "study": ...,
     "trial": ...}``), ``metrics`` (``{"val": {"psnr_y", "ssim_y", "images"}, "bicubic": {...},
     "val_data": ...}``), ``schedule``, ``data``, ``seed`` and ``training_command``
-    (``run_provenance`` builds them from a run folder). Returns the model card (also written as
-    ``model_card.json``). Raises ``VerificationError`` (a ``ValueError``) and writes nothing when
+    (``run_provenance`` builds them from a run folder). ``int8`` also writes the INT8 graphs
+    (``searchsr.quantize.write_int8``), calibrated on ``calibration`` (a folder of HR images or an
+    ``ImageSet``), else on ``provenance["data"]["train"]``, else on the embedded photos, and adds the
+    card's ``int8`` section. Returns the model card (also written as ``model_card.json``). Raises ``VerificationError`` (a ``ValueError``) and writes nothing when
     an exported graph differs from PyTorch by more than ``TOLERANCE``.
     """
     from searchsr.cost import count_cost, count_params
 
     formats = parse_formats(list(formats))
     provenance = dict(provenance or {})
+    if int8 and "onnx" not in formats:
+        raise UsageError("--int8 quantizes model.onnx: give a --format that includes onnx")
+    if calibration is not None and not int8:
+        raise UsageError("--calib-dir chooses the INT8 calibration images: it goes with --int8")
     if not isinstance(model, MobileSR):
         raise UsageError(f"expected a searchsr MobileSR network, got {type(model).__name__}")
     expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
@@ -296,6 +306,10 @@ def export_model(cfg: ArchConfig, model: nn.Module, out_dir: str | Path,
         raise UsageError(f"the model's tensors do not match {cfg.to_json()}")
     out_dir = Path(out_dir)
     ancestor = check_out_dir(out_dir)
+    if int8:  # every image loads (or fails in one line) before anything is written
+        from searchsr.quantize import int8_data, write_int8
+
+        int8_images = int8_data(cfg.scale, provenance.get("data"), calibration)
 
     deploy = deployable(model)
     radius = context_radius(deploy)
@@ -316,8 +330,12 @@ def export_model(cfg: ArchConfig, model: nn.Module, out_dir: str | Path,
             raise VerificationError(f"verification could not run the exported model: "
                                     f"{type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
 
+        int8_card = None
+        if int8:
+            int8_files, int8_card = write_int8(tmp, int8_images)
+            written += int8_files
         card = make_card(out_dir.name, cfg, cost.to_dict(), count_params(deploy), provenance, formats, radius,
-                         TOLERANCE, checks, tmp, written)
+                         TOLERANCE, checks, tmp, written, int8_card)
         (tmp / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / CARD_MD).write_text(render_card(card))
         for path in tmp.iterdir():  # mkdtemp/safetensors create private files; use the usual modes

@@ -11,6 +11,9 @@ Two backends (``searchsr.bundle``) read the folder ``searchsr export`` wrote:
 * ``torch``: ``arch.yaml`` + ``weights.safetensors`` (never pickle), BN folded, channels-last,
   run by ``searchsr.evaluate.upscale`` (``forward_tiled``).
 
+``int8`` (``--int8``) runs ``model_int8.onnx`` instead (``export --int8``, ``searchsr.quantize``), tiled
+the same way through its INT8 helper graphs.
+
 Tiles are ``tile`` x ``tile`` LR pixels plus the network's context on every side, so memory
 depends on the tile, not the image (besides the image itself and the output). Grayscale
 inputs are fed as three equal channels and written as grayscale (the mean of the output
@@ -89,7 +92,7 @@ def upscale_image(model: OnnxModel | TorchModel, img: np.ndarray, alpha: np.ndar
 
 def upscale_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
                   tile: int = DEFAULT_TILE, backend: str = "onnx",
-                  on_done: Callable[[UpscaleResult], None] | None = None) -> list[UpscaleResult]:
+                  on_done: Callable[[UpscaleResult], None] | None = None, int8: bool = False) -> list[UpscaleResult]:
     """Upscale every input into ``out_dir/<stem>.png``. Everything (model folder, inputs, output
     folder, tile) is checked before the first file is written; each PNG is written atomically."""
     check_tile(tile)
@@ -103,7 +106,7 @@ def upscale_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
             raise UsageError(f"{path}: {h}x{w} is too small (at least {MIN_SIDE}x{MIN_SIDE} pixels)")
     targets = dict(zip(paths, output_targets(paths, out_dir)))
     check_writable_dir(out_dir)
-    model = load_model(model_dir, backend)
+    model = load_model(model_dir, backend, int8=int8)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
