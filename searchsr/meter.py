@@ -39,8 +39,9 @@ class CostMeter:
 
     def __init__(self, threads: int, runs: int, lr_size: tuple[int, int] = LATENCY_SIZE,
                  rel_half_width: float = RATIO_HALF_WIDTH, backend: str = "torch", command: str | None = None,
-                 command_timeout_s: float = LATENCY_TIMEOUT_S) -> None:
+                 command_timeout_s: float = LATENCY_TIMEOUT_S, int8: bool = False) -> None:
         self.threads, self.runs, self.lr_size, self.rel_half_width = threads, runs, lr_size, rel_half_width
+        self.int8 = int8  # also time each network quantized (``--int8``: latency_int8_ms)
         self.backend, self.command, self.command_timeout_s = backend, command, command_timeout_s
         xlite = PRESETS["xlite"]
         self.failed: LatencyCommandFailed | None = None  # raised by every call (an actor's constructor cannot say)
@@ -65,7 +66,7 @@ class CostMeter:
         if self.failed:
             raise self.failed
         return {**self.runtime.to_dict(), "lr_size": size_text(self.lr_size), "cost_lr_size": size_text(COST_SIZE),
-                "command": self.command}
+                "command": self.command, "int8": self.int8}
 
     def own_yardstick(self) -> dict[str, Any]:
         """This meter's own XLITE timing: what a new study stores as its yardstick."""
@@ -91,7 +92,11 @@ class CostMeter:
         if earlier is not None:
             return {**earlier, "latency_cached": True}
         model = build_model(cfg)
-        self.measured[cfg.to_json()] = result = {**self._counts(model), **self._latency(model, cfg)}
+        result = {**self._counts(model), **self._latency(model, cfg)}
+        if self.int8:
+            int8 = self._latency(model, cfg, int8=True)
+            result.update(latency_int8_ms=int8["latency_ms"], latency_int8_ratio=int8["latency_ratio"])
+        self.measured[cfg.to_json()] = result
         return result
 
     def _counts(self, model: Any) -> dict[str, Any]:
@@ -104,14 +109,15 @@ class CostMeter:
                 "latency_runtime": self.runtime.runtime, "latency_runtime_version": self.runtime.version,
                 "latency_precision": self.runtime.precision}
 
-    def _latency(self, model: Any, cfg: Any) -> dict[str, Any]:
-        """The network's latency as its ratio to XLITE timed alongside, times the study's yardstick."""
+    def _latency(self, model: Any, cfg: Any, int8: bool = False) -> dict[str, Any]:
+        """The network's latency (``int8``: quantized as it ships in INT8) as its ratio to XLITE (FP32) timed
+        alongside on the same runtime, times the study's yardstick."""
         if self.backend == "command":
-            ms, details = command_latency(model, cfg, self.command, self.command_timeout_s, self.lr_size)
+            ms, details = command_latency(model, cfg, self.command, self.command_timeout_s, self.lr_size, int8)
             ratio, rel_iqr = ms / self.reference_ms, float(details.get("iqr_ms", 0) or 0) / ms
             interval, converged, rounds = (ratio, ratio), True, 1  # one run of the command: its own median
         else:
-            est = stable_ratio(runner(model, cfg, self.backend, self.threads, self.lr_size), self.reference,
+            est = stable_ratio(runner(model, cfg, self.backend, self.threads, self.lr_size, int8), self.reference,
                                lr_size=self.lr_size, runs=self.runs, threads=self.threads,
                                rel_half_width=self.rel_half_width)
             ratio, rel_iqr = est.ratio, est.own.iqr_ms / est.own.median_ms

@@ -15,7 +15,8 @@ import optuna
 from searchsr.errors import UsageError
 
 # Names a trial records (user attributes) and constraints may use.
-METRICS = ("psnr", "ssim", "latency_ms", "latency_ratio", "flops", "params", "activations", "memory")
+METRICS = ("psnr", "ssim", "latency_ms", "latency_ratio", "flops", "params", "activations", "memory",
+           "psnr_int8", "ssim_int8", "latency_int8_ms")  # the last three with --int8
 
 # objective name -> (Optuna direction, metric / user-attribute key)
 OBJECTIVES: dict[str, tuple[str, str]] = {
@@ -26,7 +27,12 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "params": ("minimize", "params"),
     "activations": ("minimize", "activations"),
     "memory": ("minimize", "memory"),
+    # with --int8 (implied by these): every trial quantized as `export --int8` quantizes (searchsr.quantize)
+    "psnr_int8": ("maximize", "psnr_int8"),
+    "ssim_int8": ("maximize", "ssim_int8"),
+    "latency_int8": ("minimize", "latency_int8_ms"),
 }
+INT8_OBJECTIVES = ("psnr_int8", "ssim_int8", "latency_int8")
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,11 @@ def front_table(front: Front) -> pd.DataFrame:
                      "latency_ratio": m.get("latency_ratio"), "flops_g": _scaled(m.get("flops"), 1e9),
                      "params_k": _scaled(m.get("params"), 1e3), "latency_lr_size": sizes.latency,
                      "cost_lr_size": sizes.cost})
-    return pd.DataFrame(rows)
+        if "psnr_int8" in m or "latency_int8_ms" in m:  # --int8: the quantized network's figures beside
+            rows[-1].update(psnr_int8=m.get("psnr_int8"), latency_int8_ms=m.get("latency_int8_ms"))
+    table = pd.DataFrame(rows)
+    int8 = [c for c in ("psnr_int8", "latency_int8_ms") if c in table]
+    return table[[*table.columns[:11], *int8, *[c for c in table.columns[11:] if c not in int8]]] if int8 else table
 
 
 def _scaled(value: float | None, unit: float) -> float | None:

@@ -83,7 +83,7 @@ def check_resources(cpus_per_trial: int, gpus_per_trial: float) -> None:
 
 
 def start_meter(threads: int, runs: int, resource: str | None = None, backend: str = "torch",
-                command: str | None = None, command_timeout_s: float = 600.0) -> Any:
+                command: str | None = None, command_timeout_s: float = 600.0, int8: bool = False) -> Any:
     """The driver's one ``CostMeter``, as an actor that runs one measurement at a time; on a node
     with the custom Ray ``resource`` where one is named (every driver of a study then times on the
     same kind of machine: give that resource to the nodes of one CPU type)."""
@@ -94,7 +94,7 @@ def start_meter(threads: int, runs: int, resource: str | None = None, backend: s
                              "(ray start --resources '{\"%s\": 1}')" % resource)
         options["resources"] = {resource: 0.001}
     return ray.remote(**options)(CostMeter).remote(threads, runs, backend=backend, command=command,
-                                                   command_timeout_s=command_timeout_s)
+                                                   command_timeout_s=command_timeout_s, int8=int8)
 
 
 def meter_get(ref: Any) -> Any:

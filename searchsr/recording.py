@@ -43,7 +43,7 @@ from searchsr.trial import FINAL, INFEASIBLE, SAME
 METRIC_KEYS = ("psnr", "ssim", "psnr_bicubic", "latency_ms", "latency_iqr_ms", "latency_ratio", "xlite_ms",
                "xlite_ms_measured", "latency_ratio_ci_low", "latency_ratio_ci_high", "latency_ratio_converged",
                "latency_rounds", "latency_ratio_bound", "latency_predicted_ms", "latency_predictor_share",
-               "latency_predictor_trials",
+               "latency_predictor_trials", "psnr_int8", "ssim_int8", "latency_int8_ms", "latency_int8_ratio",
                "flops", "macs", "params", "activations", "memory", "train_seconds", "trial_seconds", "steps")
 INFO_KEYS = ("schedule", "host", "node_id", "device", "latency_host", "latency_threads", "latency_lr_size",
              "latency_backend", "latency_runtime", "latency_runtime_version", "latency_precision",

@@ -31,8 +31,10 @@ from searchsr.trial import RUNG
 
 
 def rung_entry(result: dict[str, Any], objectives: tuple[Objective, ...]) -> dict[str, float]:
-    """What a rung records: its scores, the seconds spent to it and the exact cost objectives."""
+    """What a rung records: its scores, the seconds spent to it and the exact cost objectives. A rung
+    scores the FP32 network only: it stands for the INT8 scores too (quantized once, at the end)."""
     entry = {"psnr": float(result["rung_psnr"]), "ssim": float(result["rung_ssim"]),
+             "psnr_int8": float(result["rung_psnr"]), "ssim_int8": float(result["rung_ssim"]),
              "train_seconds": float(result["train_seconds"])}
     entry.update({o.key: float(result[o.key]) for o in objectives if o.key not in entry})
     return entry

@@ -72,6 +72,18 @@ def check_backend(backend: str, command: str | None = None, timeout_s: float = L
         _executorch()
 
 
+def check_int8(int8: bool, objectives: list[str], backend: str | None, predicting: bool) -> None:
+    """``--int8`` (which an INT8 objective needs) quantizes on a runtime with an INT8 path (``backend`` None:
+    not chosen yet), and latency predictions (FP32 only) go without it."""
+    if not int8 and any(name.endswith("_int8") for name in objectives):
+        raise UsageError("objectives psnr_int8, ssim_int8 and latency_int8 need --int8")
+    if int8 and backend not in (None, *INT8_BACKENDS):
+        raise UsageError(f"--int8 times INT8 networks on {', '.join(INT8_BACKENDS)}: not with --latency-backend "
+                         f"{backend}")
+    if int8 and predicting:
+        raise UsageError("--latency-predict-after predicts FP32 latency only: not with --int8")
+
+
 def runtime_info(backend: str, threads: int, details: dict[str, Any] | None = None) -> RuntimeInfo:
     """What a measurement on ``backend`` records; a command's own report (``details``) names its runtime."""
     if backend == "command":
@@ -93,14 +105,38 @@ def runtime_info(backend: str, threads: int, details: dict[str, Any] | None = No
     return RuntimeInfo(backend, "pytorch (eager, BN fused)", torch.__version__, threads)
 
 
+INT8_BACKENDS = ("onnxruntime", "executorch", "command")  # those ``--int8`` times an INT8 network on
+
+
+def int8_calibration(scale: int, lr_size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """LR inputs a network is calibrated on for an INT8 *latency* (the timing does not depend on them):
+    patches of the embedded training photos, as ``export --int8`` takes them; tiled up to ``lr_size``
+    for a runtime whose program has that input size (ExecuTorch)."""
+    from searchsr.quantize import calibration_inputs
+
+    patches = calibration_inputs(None, scale, count=4)
+    if lr_size is None:
+        return patches
+    h, w = lr_size
+    return [np.tile(p, (1, 1, -(-h // p.shape[2]), -(-w // p.shape[3])))[..., :h, :w] for p in patches]
+
+
+def deployed_graph(model: nn.Module, cfg: Any, int8: bool = False) -> bytes:
+    """The graph ``export`` writes: ``model.onnx``, or with ``int8`` its ``model_int8.onnx``."""
+    from searchsr.export import model_onnx
+    from searchsr.quantize import quantize_onnx
+
+    graph = model_onnx(model, cfg)
+    return quantize_onnx(graph, int8_calibration(cfg.scale)) if int8 else graph
+
+
 class OrtRunner:
     """A network's exported graph in an ONNX Runtime session, callable like the module it came from."""
 
-    def __init__(self, model: nn.Module, cfg: Any, threads: int) -> None:
+    def __init__(self, model: nn.Module, cfg: Any, threads: int, int8: bool = False) -> None:
         from searchsr.bundle import ort_session
-        from searchsr.export import model_onnx
 
-        self.session = ort_session(model_onnx(model, cfg), threads)
+        self.session = ort_session(deployed_graph(model, cfg, int8), threads, int8)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
@@ -124,10 +160,26 @@ def _executorch_threads(threads: int) -> None:
     _unsafe_reset_threadpool(threads)
 
 
-class ExecuTorchRunner:
-    """A network lowered to an ExecuTorch program with the XNNPACK delegate, for one input size."""
+def _executorch_int8(module: nn.Module, example: torch.Tensor, calibration: list[np.ndarray]) -> nn.Module:
+    """``module`` statically quantized by ExecuTorch's own INT8 path for XNNPACK: PT2E with the XNNPACK
+    quantizer (symmetric INT8, per-channel weights), calibrated on ``calibration`` (LR inputs)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    def __init__(self, model: nn.Module, threads: int, lr_size: tuple[int, int]) -> None:
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(), quantizer)
+    for x in calibration:
+        prepared(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+    return convert_pt2e(prepared)
+
+
+class ExecuTorchRunner:
+    """A network lowered to an ExecuTorch program with the XNNPACK delegate, for one input size; INT8
+    (ExecuTorch's own quantizer) when given ``int8_calibration`` inputs of that size."""
+
+    def __init__(self, model: nn.Module, threads: int, lr_size: tuple[int, int],
+                 int8_calibration: list[np.ndarray] | None = None) -> None:
         from searchsr.cost import quiet_stderr
         from searchsr.deploy import Clamped, deployable
 
@@ -137,10 +189,13 @@ class ExecuTorchRunner:
             from executorch.exir import to_edge_transform_and_lower
             from executorch.runtime import Runtime
 
-        deploy = Clamped(deployable(model)).eval()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # export's deprecation notices
-            exported = torch.export.export(deploy, (torch.rand(1, 3, *lr_size),))
+        deploy: nn.Module = Clamped(deployable(model)).eval()
+        example = torch.rand(1, 3, *lr_size)
+        with warnings.catch_warnings(), torch.no_grad(), quiet_stderr():
+            warnings.simplefilter("ignore")  # export's deprecation notices, torchao's missing CUDA kernels
+            if int8_calibration is not None:
+                deploy = _executorch_int8(deploy, example, int8_calibration)
+            exported = torch.export.export(deploy, (example,))
             program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
         self.buffer = program.buffer  # the loaded program points into these bytes: they live as long as it does
         with quiet_stderr():  # the thread pool's C++ notes
@@ -156,30 +211,33 @@ class ExecuTorchRunner:
 IN_PROCESS = ("torch", "onnxruntime", "executorch")  # the backends ``runner`` serves (not ``command``)
 
 
-def runner(model: nn.Module, cfg: Any, backend: str, threads: int, lr_size: tuple[int, int]
+def runner(model: nn.Module, cfg: Any, backend: str, threads: int, lr_size: tuple[int, int], int8: bool = False
            ) -> Callable[[torch.Tensor], Any]:
     """``model`` (a freshly built or trained network of ``cfg``) in its deployment form on ``backend``, for
-    inputs of ``lr_size`` (an ExecuTorch program is specialised to it; the others take any size)."""
+    inputs of ``lr_size`` (an ExecuTorch program is specialised to it; the others take any size); ``int8``:
+    quantized as that runtime ships INT8 (``export --int8``'s QDQ graph; ExecuTorch's own quantizer)."""
     from searchsr.cost import prepare_for_timing
 
     if backend not in IN_PROCESS:
         raise UsageError(f"no in-process runner for latency backend {backend!r}")
+    if int8 and backend not in INT8_BACKENDS:
+        raise UsageError(f"--int8 times INT8 networks on {', '.join(INT8_BACKENDS)}, not on {backend}")
     if backend == "onnxruntime":
-        return OrtRunner(model, cfg, threads)
+        return OrtRunner(model, cfg, threads, int8)
     if backend == "executorch":
-        return ExecuTorchRunner(model, threads, lr_size)
+        return ExecuTorchRunner(model, threads, lr_size, int8_calibration(cfg.scale, lr_size) if int8 else None)
     return prepare_for_timing(model)
 
 
-def command_latency(model: nn.Module, cfg: Any, command: str, timeout_s: float, lr_size: tuple[int, int]
-                    ) -> tuple[float, dict[str, Any]]:
-    """Median ms and the command's other figures for ``model``'s exported graph at ``lr_size``;
-    ``latencycmd.LatencyCommandFailed`` (one line) when the command fails, hangs or says nothing usable."""
-    from searchsr.export import model_onnx
+def command_latency(model: nn.Module, cfg: Any, command: str, timeout_s: float, lr_size: tuple[int, int],
+                    int8: bool = False) -> tuple[float, dict[str, Any]]:
+    """Median ms and the command's other figures for ``model``'s exported graph (``int8``: its INT8 graph)
+    at ``lr_size``; ``latencycmd.LatencyCommandFailed`` (one line) when the command fails, hangs or says
+    nothing usable."""
     from searchsr.latencycmd import LatencyCommand
 
     with tempfile.TemporaryDirectory(prefix="searchsr-latency-") as folder:
         path = Path(folder) / "model.onnx"
-        path.write_bytes(model_onnx(model, cfg))
+        path.write_bytes(deployed_graph(model, cfg, int8))
         result = LatencyCommand(command, timeout_s).run(path, lr_size)
     return result.median_ms, result.details

@@ -80,6 +80,7 @@ class SearchSettings:
     latency_cmd: str | None = None  # with latency_backend "command"
     latency_timeout: float = 600.0
     predict: PredictPolicy = PredictPolicy(0)  # --latency-predict-after (searchsr.latencypolicy)
+    int8: bool = False  # quantize every trained trial and time every network in INT8 too (searchsr.quantize)
     verbose: bool = False
 
     @property
@@ -129,6 +130,7 @@ class SearchSettings:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
         check_gpus_per_trial(self.gpus_per_trial)
         self.predict.check()
+        self.check_int8()
         if self.early_stop == "none" and (self.first_rung or self.eta != DEFAULT_ETA):
             raise UsageError("--eta and --first-rung set early stopping: add --early-stop pareto")
         check_study_name(self.study)
@@ -140,6 +142,11 @@ class SearchSettings:
         check_images(self.train_dir, self.val_dir or (self.train_dir if self.val_count else None),
                      space_scales(self.space), schedule.patch_size)
         preset_params(self.space, self.enqueue)
+
+    def check_int8(self) -> None:
+        from searchsr.runtimes import check_int8
+
+        check_int8(self.int8, [o.name for o in self.objectives], self.latency_backend, bool(self.predict.after))
 
     def with_backend(self, storage: Any) -> SearchSettings:
         """The latency backend, when none was given: a continued study's own (older studies: torch), else
@@ -159,7 +166,9 @@ class SearchSettings:
         else:
             backend = LATENCY_BACKEND
         check_backend(backend, self.latency_cmd, self.latency_timeout)
-        return replace(self, latency_backend=backend)
+        chosen = replace(self, latency_backend=backend)
+        chosen.check_int8()
+        return chosen
 
     def setup(self) -> dict[str, dict[str, str]]:
         """What makes this run's trials comparable with the study's others, each as a label for users
@@ -191,7 +200,7 @@ class SearchSettings:
                 "runs_root": for_workers(self.runs_root), "seed": self.seed,
                 "cpus_per_trial": self.cpus_per_trial, "rungs": list(self.rungs()),
                 "precision": self.precision, "memory_format": self.memory_format, "compile": self.compile,
-                "constraints": [str(c) for c in self.all_constraints]}
+                "int8": self.int8, "constraints": [str(c) for c in self.all_constraints]}
 
 
 def _digest(text: str) -> str:
@@ -295,7 +304,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         concurrency, note = plan_concurrency(settings.concurrency, cluster_cpus(), settings.cpus_per_trial,
                                              cluster_gpus(), settings.gpus_per_trial)
         meter = start_meter(settings.latency_threads, settings.latency_runs, settings.meter_resource,
-                            settings.latency_backend, settings.latency_cmd, settings.latency_timeout)
+                            settings.latency_backend, settings.latency_cmd, settings.latency_timeout, settings.int8)
         study = prepare_study(settings.study, storage, settings.objectives, settings.sampler, settings.seed,
                               settings.trials, settings.space, settings.early_stop != "none")
         record_setup(study, setup)

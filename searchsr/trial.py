@@ -106,6 +106,11 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
                            memory_format=config.get("memory_format", "auto"), compile=config.get("compile", False))
             scores = {"psnr": result.val.psnr_y, "ssim": result.val.ssim_y, "psnr_bicubic": result.bicubic.psnr_y,
                       "train_seconds": result.train_seconds, "steps": result.step, "device": result.device}
+        if config.get("int8"):  # quantized as `export --int8` would ship it, scored on the same images
+            from searchsr.export import load_run
+            from searchsr.quantize import int8_scores
+
+            scores.update(int8_scores(load_run(run_dir)[1], cfg, train_set, val_set))
     except SystemExit:  # Tune stopping the trial (early stopping, Ctrl-C): not a failure of the trial
         raise
     except BaseException as err:

@@ -227,3 +227,20 @@ def test_an_architecture_is_measured_once_per_study(tmp_path: Path) -> None:
         False, True, True, True, True]
     assert len({t.user_attrs["latency_ms"] for t in pruned}) == 1  # one measurement, five trials
     assert cache_size(study) == 1
+
+
+@pytest.mark.slow
+def test_int8_scores_and_times_every_trial_quantized(tmp_path: Path) -> None:
+    out = _searchsr(*_run_args(tmp_path, 2, "--int8"), "--objectives", "psnr_int8,latency_int8")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "psnr_int8  latency_int8_ms" in out.stdout  # the front shows the quantized network's figures
+    study = load_study("t", open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert study.metric_names == ["psnr_int8", "latency_int8"]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 2
+    for trial in complete:
+        attrs = trial.user_attrs
+        assert trial.values == [attrs["psnr_int8"], attrs["latency_int8_ms"]]
+        assert abs(attrs["psnr_int8"] - attrs["psnr"]) < 0.3 and attrs["psnr_int8"] != attrs["psnr"]
+        assert 0 < attrs["latency_int8_ms"] < 2 * attrs["latency_ms"]
+        assert attrs["latency_backend"] == "onnxruntime"  # a new study's default

@@ -78,6 +78,20 @@ def test_a_new_study_times_on_onnxruntime_and_a_continued_one_on_its_own(tmp_pat
     assert replace(settings, latency_backend="torch").with_backend(storage).latency_backend == "torch"
 
 
+@pytest.mark.parametrize("int8,objectives,backend,predicting,says", [
+    (False, ["psnr_int8", "latency"], "onnxruntime", False, "need --int8"),
+    (True, ["psnr", "latency"], "torch", False, "not with --latency-backend torch"),
+    (True, ["psnr", "latency"], "onnxruntime", True, "predicts FP32 latency only"),
+])
+def test_int8_goes_with_a_runtime_that_has_an_int8_path(int8, objectives, backend, predicting, says):
+    from searchsr.errors import UsageError
+    from searchsr.runtimes import check_int8
+
+    with pytest.raises(UsageError, match=says):
+        check_int8(int8, objectives, backend, predicting)
+    check_int8(True, objectives, "executorch", False)  # fine
+
+
 def test_profile_on_onnxruntime(capsys):
     assert main(["profile", "--arch", "xlite", "--latency", "--latency-backend", "onnxruntime", "--runs", "2",
                  "--lr-size", "24", "24", "--device", "cpu", "--json"]) == 0
@@ -106,6 +120,29 @@ def test_the_executorch_runner_computes_the_network():
     assert got.shape == (1, 3, 80, 112)
     assert (got - model(x).clamp(0, 1)).abs().max().item() < 1e-5
     assert runtime_info("executorch", 1).runtime.startswith("executorch")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "executorch"])
+def test_int8_runners_compute_the_network_quantized(backend):
+    # A trained-like network: random weights make outputs the bicubic skip dominates, so the check is on
+    # the network's own correction (output minus bicubic), which quantization must keep, not zero out.
+    if backend == "executorch":
+        pytest.importorskip("executorch", reason="the mobile extra (pip install -e '.[mobile]') is not installed")
+    from skimage import data
+
+    cfg = load_arch("xlite")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    img = data.astronaut()[200:248, 200:264].astype(np.float32) / 255  # a real photo's texture, 48x64
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    want = model(x).clamp(0, 1).detach()
+    got = torch.as_tensor(np.asarray(runner(model, cfg, backend, 1, (48, 64), int8=True)(x)))
+    fp32 = torch.as_tensor(np.asarray(runner(model, cfg, backend, 1, (48, 64))(x)))
+    assert got.shape == want.shape
+    correction = want - torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic").clamp(0, 1)
+    error = got - want
+    assert 0 < error.abs().max() < 0.1 and (fp32 - want).abs().max() < 1e-4  # quantized, and close
+    assert float(correction.pow(2).mean() / error.pow(2).mean()) > 10  # the correction survives
 
 
 def test_without_the_mobile_extra_executorch_is_a_one_line_error(monkeypatch, capsys):

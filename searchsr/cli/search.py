@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"a shipped space (mbv3_sr, quick, table, tiny) or a space YAML file (default: {DEFAULT_SPACE}; "
                         "searchsr/spaces/mbv3_sr.yaml documents the format)")
     p.add_argument("--objectives", default="psnr,latency",
-                   help="comma-separated subset of psnr, ssim, latency, flops, params, activations, memory "
-                        "(default: psnr,latency)")
+                   help="comma-separated subset of psnr, ssim, latency, flops, params, activations, memory, and "
+                        "with --int8 psnr_int8, ssim_int8, latency_int8 (default: psnr,latency)")
     p.add_argument("--constraint", action="append", default=[], metavar="EXPR",
                    help="extra constraint like 'latency_ms <= 40' or 'params <= 100000' (repeatable)")
     p.add_argument("--trials", type=int, default=12, help="new trials in this invocation (default: 12)")
@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default="studies/runs", help="trial run folders (default: studies/runs)")
     p.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement (default: 10)")
     p.add_argument("--max-failures", type=int, default=0, help="stop after this many failed trials (0: never)")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantize every trained trial as `export --int8` does and score it (psnr_int8, "
+                        "ssim_int8), and time every network in INT8 on the latency backend (latency_int8_ms): "
+                        "objectives psnr_int8, ssim_int8, latency_int8 (onnxruntime, executorch or command)")
     p.add_argument("--latency-predict-after", type=int, default=0, metavar="N",
                    help="once the study has N measured trials, predict latency from the cost model fitted on them "
                         "(searchsr latency fit) instead of measuring, while its cross-validated share within +-10%% "
@@ -132,7 +136,7 @@ def settings_from_args(args: argparse.Namespace):
                           early_stop=args.early_stop, eta=args.eta, first_rung=args.first_rung,
                           precision=args.precision, memory_format=args.memory_format, compile=args.compile,
                           latency_backend=args.latency_backend, latency_cmd=args.latency_cmd,
-                          latency_timeout=args.latency_timeout, verbose=args.verbose,
+                          latency_timeout=args.latency_timeout, verbose=args.verbose, int8=args.int8,
                           predict=PredictPolicy(args.latency_predict_after, args.latency_predict_floor,
                                                 args.latency_measure_every))
 
