@@ -312,15 +312,3 @@ def write_int8(folder: Path, images: Int8Data, settings: QuantSettings = QuantSe
     }
     return written, section
 
-
-# --------------------------------------------------------------------------- search --int8
-
-
-def int8_scores(model: Any, cfg: ArchConfig, calibration: ImageSet, validation: ImageSet) -> dict[str, float]:
-    """A search trial's trained network quantized as ``export --int8`` quantizes it (the graph, settings and
-    calibration patches of its training images), scored on the trial's validation images."""
-    from searchsr.export import model_onnx
-
-    int8 = quantize_onnx(model_onnx(model, cfg), calibration_inputs(calibration, cfg.scale))
-    scores = evaluate_onnx(int8, validation)
-    return {"psnr_int8": scores.psnr_y, "ssim_int8": scores.ssim_y}

@@ -121,13 +121,15 @@ def int8_calibration(scale: int, lr_size: tuple[int, int] | None = None) -> list
     return [np.tile(p, (1, 1, -(-h // p.shape[2]), -(-w // p.shape[3])))[..., :h, :w] for p in patches]
 
 
-def deployed_graph(model: nn.Module, cfg: Any, int8: bool = False) -> bytes:
-    """The graph ``export`` writes: ``model.onnx``, or with ``int8`` its ``model_int8.onnx``."""
+def deployed_graph(model: nn.Module, cfg: Any, int8: bool = False, calibration: list[np.ndarray] | None = None
+                   ) -> bytes:
+    """The graph ``export`` writes: ``model.onnx``, or with ``int8`` its ``model_int8.onnx`` (calibrated on
+    ``calibration``, else on ``int8_calibration``'s patches: enough for a timing)."""
     from searchsr.export import model_onnx
     from searchsr.quantize import quantize_onnx
 
     graph = model_onnx(model, cfg)
-    return quantize_onnx(graph, int8_calibration(cfg.scale)) if int8 else graph
+    return quantize_onnx(graph, calibration or int8_calibration(cfg.scale)) if int8 else graph
 
 
 class OrtRunner:

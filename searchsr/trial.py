@@ -106,11 +106,8 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
                            memory_format=config.get("memory_format", "auto"), compile=config.get("compile", False))
             scores = {"psnr": result.val.psnr_y, "ssim": result.val.ssim_y, "psnr_bicubic": result.bicubic.psnr_y,
                       "train_seconds": result.train_seconds, "steps": result.step, "device": result.device}
-        if config.get("int8"):  # quantized as `export --int8` would ship it, scored on the same images
-            from searchsr.export import load_run
-            from searchsr.quantize import int8_scores
-
-            scores.update(int8_scores(load_run(run_dir)[1], cfg, train_set, val_set))
+        if config.get("int8"):
+            scores.update(int8_scores(run_dir, cfg, train_set, val_set))
     except SystemExit:  # Tune stopping the trial (early stopping, Ctrl-C): not a failure of the trial
         raise
     except BaseException as err:
@@ -136,6 +133,18 @@ def measured_costs(config: dict[str, Any], cfg: ArchConfig, meter: Any) -> dict[
         return {**meter_get(meter.measure.remote(cfg.to_dict(), latency=False)), **plan, "latency_cached": False}
     costs = meter_get(meter.measure.remote(cfg.to_dict()))  # a failed --latency-cmd: one-line fail_reason
     return {**costs, **plan, "costs_json": json.dumps(costs), "cost_key": config.get("cost_key") or ""}
+
+
+def int8_scores(run_dir: Path, cfg: ArchConfig, train_set: Any, val_set: Any) -> dict[str, float]:
+    """The trained network quantized as ``export --int8`` would ship it (the graph, settings and calibration
+    patches of its training images: ``searchsr.quantize``), scored on the trial's validation images."""
+    from searchsr.export import load_run
+    from searchsr.quantize import calibration_inputs, evaluate_onnx
+    from searchsr.runtimes import deployed_graph
+
+    graph = deployed_graph(load_run(run_dir)[1], cfg, int8=True, calibration=calibration_inputs(train_set, cfg.scale))
+    scores = evaluate_onnx(graph, val_set)
+    return {"psnr_int8": scores.psnr_y, "ssim_int8": scores.ssim_y}
 
 
 def finished_scores(run_dir: Path) -> dict[str, Any]:
