@@ -211,3 +211,17 @@ def test_upscale_int8_without_an_int8_model_is_one_line(exported, tmp_path, caps
         assert main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x"), *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+
+
+def test_bench_upscale_times_fp32_and_int8_in_fresh_processes(capsys) -> None:
+    from searchsr.cli import main
+
+    assert main(["bench", "upscale", "--archs", "xlite", "--runtimes", "onnxruntime", "--lr-size", "40", "48",
+                 "--runs", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed"] == []
+    rows = {(r["runtime"], r["precision"]): r for r in result["timings"]}
+    assert set(rows) == {("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+    for r in rows.values():
+        assert r["sr_size"] == [160, 192] and r["seconds"] > 0 and r["tiled"]
+        assert r["peak_total_mb"] >= r["peak_mb"] >= 0 and r["peak_total_mb"] > 100  # a process with torch loaded

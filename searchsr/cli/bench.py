@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from searchsr.cli import options
@@ -62,6 +63,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--backends", default="onnxruntime",
                    help="backends besides torch: onnxruntime, executorch (the mobile extra) (default: onnxruntime)")
     b.set_defaults(func=cmd_runtimes)
+
+    b = bench_sub.add_parser("upscale", parents=common,
+                             help="a 12-megapixel output (750x1000 LR, x4) on the deployment path: FP32 and INT8 on "
+                                  "onnxruntime (tiled, as `upscale` runs) and executorch, seconds and peak memory")
+    b.add_argument("--archs", default="xlite,lite", help="presets or files (default: xlite,lite)")
+    b.add_argument("--runtimes", default="onnxruntime,executorch",
+                   help="onnxruntime, executorch (the mobile extra) (default: both; executorch left out with a "
+                        "note where the extra is missing)")
+    b.add_argument("--lr-size", nargs=2, type=int, default=[750, 1000], metavar=("H", "W"),
+                   help="LR input (default: 750 1000, a 3000x4000 output)")
+    b.add_argument("--runs", type=int, default=3, help="timed runs per variant, after a warm-up (default: 3)")
+    b.add_argument("--threads", type=int, default=1, help="CPU threads of every runtime (default: 1)")
+    b.add_argument("--tile", type=int, default=256, help="onnxruntime's LR tile side (default: 256)")
+    b.set_defaults(func=cmd_upscale)
 
     b = bench_sub.add_parser("data", parents=[*common, options.device()],
                              help="the training data path alone: batches of random aligned patches per second "
@@ -177,6 +192,53 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     for backend, tau in r.kendall_tau.items():
         print(f"rank agreement torch vs {backend} over {len(r.ms)} architectures: Kendall tau {tau:.3f}")
     return 0
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from searchsr.cli.model import lr_size
+    from searchsr.config import load_arch
+    from searchsr.upscalebench import time_upscale
+
+    runtimes = options.csv_list(args.runtimes)
+    unknown = [r for r in runtimes if r not in ("onnxruntime", "executorch")]
+    if unknown or not runtimes:
+        raise UsageError(f"--runtimes takes onnxruntime, executorch; got {args.runtimes!r}")
+    for name, value in (("--runs", args.runs), ("--threads", args.threads), ("--tile", args.tile)):
+        if value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    archs = options.csv_list(args.archs)
+    for name in archs:
+        load_arch(name)  # an unknown preset or a bad file: one line, before minutes of work
+    size = lr_size(args.lr_size)
+    if "executorch" in runtimes and importlib.util.find_spec("executorch") is None:
+        print("executorch left out: the mobile extra is not installed (pip install -e \".[mobile]\")",
+              file=sys.stderr)
+        runtimes = [r for r in runtimes if r != "executorch"]
+    results, problems = [], []
+    for name in archs:
+        for runtime in runtimes:
+            for precision in ("fp32", "int8"):
+                print(f"{name} {runtime} {precision} ...", file=sys.stderr, flush=True)
+                got = time_upscale(name, runtime, precision, args.threads, args.tile, args.runs, size)
+                (results if not isinstance(got, str) else problems).append(
+                    got if not isinstance(got, str) else f"{name} {runtime} {precision}: {got}")
+    if args.json:
+        print(json.dumps({"timings": [r.to_dict() for r in results], "failed": problems}))
+        return 0
+    fp32 = {(r.arch, r.runtime): r.seconds for r in results if r.precision == "fp32"}
+    ort = {(r.arch, r.precision): r.seconds for r in results if r.runtime == "onnxruntime"}
+    for r in results:
+        vs = [f"x{r.seconds / fp32[r.arch, r.runtime]:.2f} FP32" if r.precision == "int8" and (r.arch, r.runtime)
+              in fp32 else "", f"x{r.seconds / ort[r.arch, r.precision]:.2f} onnxruntime"
+              if r.runtime != "onnxruntime" and (r.arch, r.precision) in ort else ""]
+        print(f"{r.arch:6s} {r.runtime:11s} {r.precision} {'tiled' if r.tiled else 'whole'}: {r.seconds:7.2f} s "
+              f"{' '.join(v for v in vs if v):28s} peak +{r.peak_mb:.0f} MB (process {r.peak_total_mb:.0f} MB)")
+    print(f"{size[0]}x{size[1]} LR -> {4 * size[0]}x{4 * size[1]}, {args.threads} thread(s), median of {args.runs}")
+    for line in problems:
+        print(f"failed: {line}")
+    return 1 if problems else 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
