@@ -6,7 +6,10 @@ threads it was timed on), so every run, rerun and driver of a study expresses la
 milliseconds; the meter's own XLITE time of the day is recorded too (``xlite_ms_measured``).
 
 Latency is timed on the study's runtime (``--latency-backend``: ``searchsr.runtimes``), XLITE on the
-same runtime; every result records the runtime, its version, threads and precision.
+same runtime; every result records the runtime, its version, threads and precision. With ``--int8`` each
+network is timed a second time quantized, against the same FP32 XLITE (``latency_int8_ms``). The meter
+remembers what it measured (a trial of the same architecture running alongside is not timed again); the
+study keeps every measurement across runs and drivers (``searchsr.costcache``).
 
 Calls are serialized (``max_concurrency=1``: no two timings overlap) at normal CPU priority while
 trials train at nice 19 (the kernel hands the meter the CPU it needs); each measurement

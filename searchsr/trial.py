@@ -1,12 +1,14 @@
 """One search trial, as a Ray Tune trainable: costs first, then train the proxy schedule rung by rung.
 
 1. Costs. Params, FLOPs, activations, memory and latency do not depend on the weights, so they
-   are measured before any training; a trial that violates a constraint reports ``infeasible``
+   are measured before any training (or taken from the study's cache of measurements, or counted with
+   a predicted latency: ``measured_costs``); a trial that violates a constraint reports ``infeasible``
    and ends without training (0 training seconds, no weights).
 2. Rungs. With early stopping the trial is validated at each rung step and reports a ``rung``
    result; the driver's scheduler (``searchsr.rungs``) then lets it go on or stops it there. The
    report blocks until the driver asks for more, so a stopped trial trains no further.
-3. Final. A trial that reaches the schedule's end reports every metric once (``final``).
+3. Final. A trial that reaches the schedule's end reports every metric once (``final``); with
+   ``--int8`` its trained network is quantized and scored first (``int8_scores``).
 
 An architecture the study already finished is not trained again: the trial reports ``same`` and
 the driver reuses the earlier result. A retry of a trial whose driver died, and a trial of an
