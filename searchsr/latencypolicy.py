@@ -47,18 +47,19 @@ class PredictPolicy:
 
 
 class LatencyPlanner:
-    """The driver's decision per trial: measure (None) or these predicted fields."""
+    """The driver's decision per trial: measure (None) or these predicted fields. It holds no study (the
+    searcher's trial function, which Ray Tune pickles, holds the planner: never the storage URL)."""
 
-    def __init__(self, study: optuna.Study, policy: PredictPolicy, yardstick_ms: float) -> None:
-        self.study, self.policy, self.yardstick_ms = study, policy, yardstick_ms
+    def __init__(self, policy: PredictPolicy, yardstick_ms: float) -> None:
+        self.policy, self.yardstick_ms = policy, yardstick_ms
         self.fitted_on = -1
         self.predictor: Any = None
         self.share = 0.0
 
-    def _refit(self) -> None:
+    def _refit(self, study: optuna.Study) -> None:
         from searchsr.latencyfit import cross_validate, fit_predictor, measurements
 
-        found = measurements(self.study.get_trials(deepcopy=False))
+        found = measurements(study.get_trials(deepcopy=False))
         if len(found.archs) == self.fitted_on:
             return
         self.fitted_on = len(found.archs)
@@ -69,11 +70,11 @@ class LatencyPlanner:
         self.share = cross_validate(found.archs, found.latencies_ms, **fit).share_within(self.policy.tolerance)
         self.predictor = fit_predictor(found.archs, found.latencies_ms, **fit)
 
-    def plan(self, number: int, arch: dict[str, Any]) -> dict[str, Any] | None:
-        """None: measure this trial. Else the latency fields a predicted trial records."""
+    def plan(self, study: optuna.Study, number: int, arch: dict[str, Any]) -> dict[str, Any] | None:
+        """None: measure trial ``number`` of ``study``. Else the latency fields a predicted trial records."""
         if not self.policy.after:
             return None
-        self._refit()
+        self._refit(study)
         if self.predictor is None:
             return None
         try:

@@ -107,7 +107,7 @@ def make_searcher(study: optuna.Study, space: SearchSpace, objectives: tuple[Obj
         same = same_architecture(trial.study, trial)
         key = cost_key(arch, cost_scope) if cost_scope is not None else None
         costs = cached_costs(trial.study, key)
-        plan = planner.plan(trial.number, arch) if planner is not None and costs is None else None
+        plan = planner.plan(trial.study, trial.number, arch) if planner is not None and costs is None else None
         return {"arch": arch, "number": trial.number, "retry_of": trial.user_attrs.get("retry_of"),
                 "same_as": same[0] if same else None, "same_state": same[1] if same else None,
                 "cost_key": key, "costs": costs, "latency_plan": plan, **common}

@@ -333,7 +333,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
                                  settings.runs_root.resolve(), settings.worker_config(),
                                  halving.stopped if halving is not None else None,
                                  meter_get(meter.scope.remote()),
-                                 LatencyPlanner(study, settings.predict, yardstick["xlite_ms"]))
+                                 LatencyPlanner(settings.predict, yardstick["xlite_ms"]))
         progress = TrialProgress(settings.trials, "trial", _describe_done(settings.objectives), _describe_error,
                                  settings.max_failures)
         # Rung and infeasible results carry no PSNR; the searcher never tells them as objective values.

@@ -292,7 +292,8 @@ def test_parse_objectives() -> None:
     every = parse_objectives(",".join(OBJECTIVES))
     assert {o.name: o.direction for o in every} == {
         "psnr": "maximize", "ssim": "maximize", "latency": "minimize", "flops": "minimize",
-        "params": "minimize", "activations": "minimize", "memory": "minimize"}
+        "params": "minimize", "activations": "minimize", "memory": "minimize", "psnr_int8": "maximize",
+        "ssim_int8": "maximize", "latency_int8": "minimize"}
     with pytest.raises(ValueError, match="unknown objective 'fps'.*psnr, ssim, latency"):
         parse_objectives("psnr,fps")
     with pytest.raises(ValueError, match="'psnr' given twice"):
