@@ -72,6 +72,7 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
         return report
     try:
         cfg = ArchConfig.from_dict(config["arch"])
+        common["arch_json"] = cfg.to_json()  # every result names its network, a rung-stopped trial's too
         schedule = load_schedule(config["schedule"])
         device = resolve_device(None)  # where ``train`` will run
         # refused up front (counted on the meta device) rather than OOM-killed, and re-queued, mid-training

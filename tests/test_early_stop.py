@@ -110,6 +110,7 @@ def test_early_stop_prunes_at_rungs_and_never_trains_the_infeasible(tmp_path: Pa
         assert sorted(map(int, rungs)) == list(range(1, trial.user_attrs["stopped_at"] + 1))
         assert all(r["psnr"] > 10 and r["params"] == trial.user_attrs["params"] for r in rungs.values())
         assert not (Path(trial.user_attrs["run_dir"]) / "weights.safetensors").exists()
+        assert trial.user_attrs["arch"]["n_blocks"] >= 1  # named: `latency fit` learns from stopped trials too
     for trial in complete:  # every completed trial trained the whole schedule, through both rungs
         assert trial.user_attrs["steps"] == 4 and sorted(trial.user_attrs["rungs"]) == ["1", "2"]
         assert (Path(trial.user_attrs["run_dir"]) / "weights.safetensors").is_file()
