@@ -117,7 +117,8 @@ def _child(name: str, runtime: str, precision: str, threads: int, tile: int, run
                 start = time.perf_counter()
                 run()
                 seconds.append(time.perf_counter() - start)
-        queue.put(UpscaleTiming(name, runtime, precision, runtime == "onnxruntime", lr_size,
+        tiled = runtime == "onnxruntime" and max(lr_size) > tile  # the photo in one piece otherwise
+        queue.put(UpscaleTiming(name, runtime, precision, tiled, lr_size,
                                 (4 * lr_size[0], 4 * lr_size[1]), statistics.median(seconds), tuple(seconds),
                                 max(0.0, _status_mb("VmHWM") - loaded), _status_mb("VmHWM"), threads))
     except BaseException as err:  # reported to the parent, one line

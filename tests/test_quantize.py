@@ -223,5 +223,5 @@ def test_bench_upscale_times_fp32_and_int8_in_fresh_processes(capsys) -> None:
     rows = {(r["runtime"], r["precision"]): r for r in result["timings"]}
     assert set(rows) == {("onnxruntime", "fp32"), ("onnxruntime", "int8")}
     for r in rows.values():
-        assert r["sr_size"] == [160, 192] and r["seconds"] > 0 and r["tiled"]
+        assert r["sr_size"] == [160, 192] and r["seconds"] > 0 and not r["tiled"]  # 40x48 fits one 256 tile
         assert r["peak_total_mb"] >= r["peak_mb"] >= 0 and r["peak_total_mb"] > 100  # a process with torch loaded
