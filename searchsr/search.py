@@ -251,33 +251,6 @@ def check_images(train_dir: str | None, val_dir: str | None, scales: list[int], 
                 raise UsageError(f"--{split}-dir {folder}: {err}") from None
 
 
-def _describe_done(objectives: tuple[Objective, ...]):
-    from searchsr.trial import INFEASIBLE, RUNG, SAME
-
-    def describe(trial: Any) -> str:
-        r = trial.last_result or {}
-        arch, retry = trial.config.get("arch", {}), trial.config.get("retry_of")
-        head = (f"trial {trial.config.get('number')}{f' (retry of {retry})' if retry is not None else ''}: "
-                f"nf={arch.get('nf')} N={arch.get('n_blocks')}")
-        costs = ", ".join(f"{o.key}={r[o.key]:.4g}" for o in objectives if o.key in r)
-        if r.get("kind") == SAME:
-            return f"{head} drawn again: trial {r['same_as']}'s result reused, nothing trained"
-        if r.get("kind") == INFEASIBLE:
-            return f"{head} infeasible, not trained: {r[INFEASIBLE]}"
-        if r.get("kind") == RUNG:
-            return (f"{head} stopped at step {r['rung_step']}: psnr {r['rung_psnr']:.4g} there, {costs} "
-                    f"({r.get('train_seconds', 0):.0f} s of training)")
-        return f"{head} {costs} ({r.get('trial_seconds', 0):.0f} s)"
-    return describe
-
-
-def _describe_error(trial: Any) -> str:
-    from searchsr.runs import failure_reason, trial_dir
-
-    reason = failure_reason(trial_dir(trial.config.get("runs_root", "."), trial.config.get("number", 0)))
-    return f"trial {trial.config.get('number')}: FAILED ({reason.splitlines()[0][:200]})"
-
-
 def run_search(settings: SearchSettings) -> optuna.Study:
     """Run ``settings.trials`` new trials of the study (created or continued)."""
     from ray import tune
@@ -292,7 +265,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     from searchsr.runs import ray_dir
     from searchsr.study import (describe_yardstick, enqueue_presets, prepare_study, record_setup, settle_yardstick,
                                 study_uid)
-    from searchsr.trial import run_trial
+    from searchsr.trial import describe_done, describe_error, run_trial
 
     settings.check()
     storage = open_storage(settings.storage, settings.stale_after)
@@ -334,7 +307,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
                                  halving.stopped if halving is not None else None,
                                  meter_get(meter.scope.remote()),
                                  LatencyPlanner(settings.predict, yardstick["xlite_ms"]))
-        progress = TrialProgress(settings.trials, "trial", _describe_done(settings.objectives), _describe_error,
+        progress = TrialProgress(settings.trials, "trial", describe_done(settings.objectives), describe_error,
                                  settings.max_failures)
         # Rung and infeasible results carry no PSNR; the searcher never tells them as objective values.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"

@@ -122,6 +122,34 @@ def run_trial(config: dict[str, Any], meter: Any) -> dict[str, Any]:
     return metrics
 
 
+def describe_done(objectives: Any):
+    """The progress line of a trial that ended (``objectives``: the study's, whose values it shows)."""
+
+    def describe(trial: Any) -> str:
+        r = trial.last_result or {}
+        arch, retry = trial.config.get("arch", {}), trial.config.get("retry_of")
+        head = (f"trial {trial.config.get('number')}{f' (retry of {retry})' if retry is not None else ''}: "
+                f"nf={arch.get('nf')} N={arch.get('n_blocks')}")
+        costs = ", ".join(f"{o.key}={r[o.key]:.4g}" for o in objectives if o.key in r)
+        if r.get("kind") == SAME:
+            return f"{head} drawn again: trial {r['same_as']}'s result reused, nothing trained"
+        if r.get("kind") == INFEASIBLE:
+            return f"{head} infeasible, not trained: {r[INFEASIBLE]}"
+        if r.get("kind") == RUNG:
+            return (f"{head} stopped at step {r['rung_step']}: psnr {r['rung_psnr']:.4g} there, {costs} "
+                    f"({r.get('train_seconds', 0):.0f} s of training)")
+        return f"{head} {costs} ({r.get('trial_seconds', 0):.0f} s)"
+    return describe
+
+
+def describe_error(trial: Any) -> str:
+    """The progress line of a trial that failed: the first line of its recorded reason."""
+    from searchsr.runs import failure_reason
+
+    reason = failure_reason(trial_dir(trial.config.get("runs_root", "."), trial.config.get("number", 0)))
+    return f"trial {trial.config.get('number')}: FAILED ({reason.splitlines()[0][:200]})"
+
+
 def measured_costs(config: dict[str, Any], cfg: ArchConfig, meter: Any) -> dict[str, Any]:
     """The architecture's costs: the study's cached measurement when the driver found one
     (``searchsr.costcache``); counts and the driver's predicted latency when its plan says so
